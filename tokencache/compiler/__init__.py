@@ -1,0 +1,1 @@
+"""The backend entry point, graph analysis and inner backends."""

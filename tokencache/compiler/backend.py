@@ -1,0 +1,83 @@
+"""The `tokencache` torch.compile backend (entry point group `torch_dynamo_backends`).
+
+    captured graph -> classify inputs -> find regions -> policy check -> variants (passes)
+                   -> CacheRuntime (compiles each variant lazily with the inner backend)
+
+When the rewrite cannot apply, it warns once with the reason, records it for `report()` and runs
+the captured graph uncached (`strict=True` raises instead).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.fx as fx
+
+from ..config import CacheConfig
+from ..passes import tokens_for
+from ..policies import get_policy
+from ..policies.none import NonePolicy
+from ..runtime import registry
+from ..runtime.runtime import CacheRuntime
+from .graph_inputs import classify_inputs, find_timestep, symbolic_inputs
+from .regions import analyse
+
+
+class TokenCacheError(RuntimeError):
+    """strict=True and the cache rewrite could not apply."""
+
+
+def tokencache_backend(gm: fx.GraphModule, example_inputs, options=None, **_ignored):
+    config = CacheConfig.from_options(options)
+    inputs = classify_inputs(gm)
+    runtime = build_runtime(gm, list(example_inputs), config, inputs)
+    params = [example_inputs[gi.index] for gi in inputs if gi.kind == "param"
+              and isinstance(example_inputs[gi.index], torch.Tensor)]
+    key = registry.register(runtime, params)
+
+    def run(*args):
+        if registry.note_call(key, runtime.user_signature(args)):
+            runtime.new_generation()
+        return runtime(*args)
+
+    run.tokencache_runtime = runtime
+    return run
+
+
+def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRuntime:
+    policy = get_policy(config.policy)
+    analysis, reason = None, None
+    if symbolic_inputs(example_inputs):
+        reason = "the graph was captured with dynamic shapes; compile with dynamic=False"
+    else:
+        analysis = analyse(gm)
+        reason = _unsupported(analysis) or policy.check(analysis, config) if config.policy != "none" else None
+    if reason is not None:
+        message = f"tokencache: caching disabled for this graph: {reason}. Running it uncached."
+        if config.strict:
+            raise TokenCacheError(message)
+        warnings.warn(message, stacklevel=2)
+        policy = NonePolicy()
+    variants = policy.variants(gm, analysis, config)
+    schedule = policy.schedule(config)
+    timestep = find_timestep(inputs, example_inputs, config.timestep_input)
+    base = {
+        "policy": policy.name,
+        "config": config.to_dict(),
+        "fallback_reason": reason,
+        "timestep_input": timestep.name if timestep else None,
+        "regions": [dict(r.summary(), computed_tokens=tokens_for(r, config.ratio))
+                    for r in (analysis.regions if analysis else [])],
+        "rejected_modules": [{"module": m, "reason": why} for m, why in (analysis.rejected if analysis else [])],
+    }
+    return CacheRuntime(config, variants, schedule, inputs, example_inputs, timestep, base)
+
+
+def _unsupported(analysis) -> str | None:
+    if not analysis.regions:
+        return "no transformer blocks with cacheable attention/feed-forward modules were found"
+    attention_rejects = [(m, why) for m, why in analysis.rejected if "attn" in m.rsplit(".", 1)[-1]]
+    if attention_rejects:
+        module, why = attention_rejects[0]
+        return f"attention module {module} cannot be cached ({why})"
+    return None

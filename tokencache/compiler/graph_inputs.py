@@ -1,0 +1,67 @@
+"""Which graph placeholders are the user's inputs and which are the model's parameters.
+
+Dynamo lifts parameters and buffers to placeholders; only their Dynamo *source* tells them apart
+from user inputs (`L['self']...` vs `L['hidden_states']`). The source is lost by `deepcopy`, so this
+runs on the captured graph before any pass copies it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+_ARG = re.compile(r"^L\['([^']+)'\]")
+_KEY = re.compile(r"\['([^']+)'\]|\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    index: int          # position among the graph's placeholders (= the runtime's args)
+    node: str           # placeholder node name
+    kind: str           # "user" | "param"
+    name: str           # user: argument path ("timestep", "added_cond_kwargs.resolution"); param: source
+
+
+def placeholder_source(node: fx.Node) -> str | None:
+    source = getattr(node, "_dynamo_source", None)
+    if source is None and "grapharg" in node.meta:
+        source = getattr(node.meta["grapharg"], "source", None)
+    return None if source is None else source.name
+
+
+def classify_inputs(gm: fx.GraphModule) -> list[GraphInput]:
+    """One GraphInput per placeholder, in order."""
+    inputs = []
+    for index, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        source = placeholder_source(node)
+        match = _ARG.match(source) if source else None
+        if match and match.group(1) != "self":
+            rest = source[match.end():]
+            keys = [a or b for a, b in _KEY.findall(rest)]
+            inputs.append(GraphInput(index, node.name, "user", ".".join([match.group(1), *keys])))
+        else:
+            # Module state (L['self']...), globals, or an unknown source: never a per-call input.
+            inputs.append(GraphInput(index, node.name, "param", source or node.name))
+    return inputs
+
+
+def symbolic_inputs(example_inputs) -> list[int]:
+    """Positions of SymInt/SymFloat example inputs: the graph was captured with dynamic shapes."""
+    return [i for i, x in enumerate(example_inputs) if isinstance(x, (torch.SymInt, torch.SymFloat))]
+
+
+def find_timestep(inputs: list[GraphInput], example_inputs, wanted: str) -> GraphInput | None:
+    """The user input that carries the diffusion timestep: by name, else None.
+
+    `wanted` is CacheConfig.timestep_input: "auto" tries the usual diffusers names.
+    """
+    users = [i for i in inputs if i.kind == "user"]
+    names = ("timestep", "timesteps", "t", "sigma", "sigmas") if wanted == "auto" else (wanted,)
+    for name in names:
+        for gi in users:
+            value = example_inputs[gi.index]
+            if gi.name == name and isinstance(value, torch.Tensor) and value.numel() >= 1:
+                return gi
+    return None

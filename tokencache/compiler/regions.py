@@ -1,0 +1,165 @@
+"""Find the cacheable regions of a captured transformer graph.
+
+A *block* is a module path that ends in a list index (`transformer_blocks.3`); a *region* is a
+direct child of a block (`transformer_blocks.3.ff`) whose nodes form a clean unit of dataflow:
+one token-major tensor input from outside (B, N, C), one output used outside (B, N, C'), and
+nothing else leaking. The output is what gets cached: it is taken before the block applies its
+gate and residual add, so cached values re-enter with the *current* gates.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch.fx as fx
+
+from .token_axis import SDPA, NotTokenLocal, op_name, propagate, shape_of
+
+_NUMBERED = re.compile(r"^(.*?[A-Za-z_]\w*)\.(\d+)(?:\.|$)")
+_COMPUTE = {"linear", "matmul", "bmm", "conv2d", "conv1d", SDPA, "baddbmm"}
+
+
+@dataclass
+class Region:
+    name: str                 # normalised module path, e.g. "transformer_blocks.3.ff"
+    block: str                # "transformer_blocks.3"
+    kind: str                 # "self_attention" | "cross_attention" | "feed_forward"
+    nodes: list[str]          # the region's nodes, in graph order
+    input: str                # token-major input node (outside the region)
+    output: str               # the node whose value leaves the region (cached)
+    batch: int
+    tokens: int
+    in_features: int
+    out_features: int
+    token_wise: bool          # can run on K gathered rows
+    reason: str | None = None  # why not token-wise
+    query_users: list[str] = field(default_factory=list)  # attention: region nodes reading the input on the query path
+    attention: str | None = None                           # the SDPA node
+    token_axes: dict[str, int] = field(default_factory=dict)  # token-path node -> its token axis
+
+    def summary(self) -> dict:
+        return {"region": self.name, "block": self.block, "kind": self.kind, "tokens": self.tokens,
+                "token_wise": self.token_wise, "reason": self.reason}
+
+
+@dataclass
+class Analysis:
+    blocks: list[str]
+    regions: list[Region]
+    rejected: list[tuple[str, str]]     # (module path, why it is not a region)
+
+
+def module_path(node: fx.Node) -> str:
+    """Normalised path of the innermost module a node was traced in ('' at top level)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    raw = list(stack.values())[-1][0]
+    raw = raw.replace("L['self']", "", 1)
+    raw = re.sub(r"\.__dict__\['_modules'\]\['([^']+)'\]", r".\1", raw)
+    raw = re.sub(r"\._modules\['([^']+)'\]", r".\1", raw)
+    raw = re.sub(r"\['([^']+)'\]", r".\1", raw)
+    return raw.strip(".")
+
+
+def analyse(gm: fx.GraphModule) -> Analysis:
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    paths = {n.name: module_path(n) for n in nodes}
+    blocks: list[str] = []
+    for n in nodes:
+        m = _NUMBERED.match(paths[n.name])
+        if m and f"{m.group(1)}.{m.group(2)}" not in blocks:
+            blocks.append(f"{m.group(1)}.{m.group(2)}")
+    regions, rejected = [], []
+    for block in blocks:
+        children: dict[str, list[fx.Node]] = {}
+        for n in nodes:
+            p = paths[n.name]
+            if p.startswith(block + "."):
+                child = block + "." + p[len(block) + 1:].split(".")[0]
+                children.setdefault(child, []).append(n)
+        for child, members in children.items():
+            if not any(op_name(n) in _COMPUTE for n in members):
+                continue  # norms, modulation, activations: not worth caching on their own
+            region = _as_region(child, block, members)
+            if isinstance(region, str):
+                rejected.append((child, region))
+            else:
+                regions.append(region)
+    return Analysis(blocks=[b for b in blocks if any(r.block == b for r in regions)] or blocks,
+                    regions=regions, rejected=rejected)
+
+
+def _as_region(name: str, block: str, members: list[fx.Node]) -> Region | str:
+    inside = {n.name for n in members}
+    outputs = [n for n in members if any(u.name not in inside for u in n.users)]
+    external: list[fx.Node] = []
+    for n in members:
+        external += [a for a in n.all_input_nodes if a.name not in inside and a not in external]
+    if len(outputs) != 1:
+        return f"{len(outputs)} values leave the module (need exactly one)"
+    out = outputs[0]
+    out_shape = shape_of(out)
+    if out_shape is None or len(out_shape) != 3:
+        return f"its output {out.name} is not a (batch, tokens, channels) tensor"
+    sdpas = [n for n in members if op_name(n) == SDPA]
+    candidates = [a for a in external if (shape_of(a) or ())[:2] == out_shape[:2] and len(shape_of(a)) == 3]
+    if not candidates:
+        return "no token-major input with the output's (batch, tokens) shape"
+    if len(sdpas) > 1:
+        return f"{len(sdpas)} attention ops in one module"
+    if sdpas:
+        return _attention_region(name, block, members, candidates, out, sdpas[0])
+    if len(candidates) != 1:
+        return f"{len(candidates)} token-major inputs (need exactly one)"
+    x = candidates[0]
+    B, N, C = shape_of(x)
+    region = Region(name, block, "feed_forward", [n.name for n in members], x.name, out.name,
+                    B, N, C, out_shape[2], token_wise=True)
+    try:
+        axes = propagate(members, x, 1, N)
+        if axes.get(out.name) != 1:
+            raise NotTokenLocal(f"the output's token axis is {axes.get(out.name)}, not 1")
+        region.token_axes = axes
+    except NotTokenLocal as e:
+        region.token_wise, region.reason = False, f"not token-local: {e}"
+    return region
+
+
+def _attention_region(name, block, members, candidates, out, sdpa) -> Region | str:
+    def ancestors(node: fx.Node) -> set[str]:
+        seen, todo = set(), [node]
+        while todo:
+            n = todo.pop()
+            for a in n.all_input_nodes:
+                if a.name not in seen:
+                    seen.add(a.name)
+                    todo.append(a)
+        return seen
+
+    q, k, v = (sdpa.args + (None, None, None))[:3]
+    for x in candidates:
+        feeds = [x.name in ancestors(t) | {t.name} for t in (q, k, v)]
+        if not feeds[0]:
+            continue
+        kind = "self_attention" if feeds[1] and feeds[2] else "cross_attention"
+        B, N, C = shape_of(x)
+        q_path = ancestors(q) | {q.name}
+        users = [u.name for u in x.users if u.name in q_path and u in members]
+        region = Region(name, block, kind, [n.name for n in members], x.name, out.name, B, N, C,
+                        shape_of(out)[2], token_wise=True, query_users=users, attention=sdpa.name)
+        try:
+            member_q = [n for n in members if n.name in q_path]
+            q_axes = propagate(member_q, x, 1, N)
+            if q_axes.get(q.name) != len(shape_of(q)) - 2:
+                raise NotTokenLocal("queries do not have tokens on the second-to-last axis")
+            after = [n for n in members if n.name not in q_path and n is not sdpa]
+            out_axes = propagate(after, sdpa, len(shape_of(sdpa)) - 2, N)
+            if out_axes.get(out.name) != 1:
+                raise NotTokenLocal("the attention output does not keep tokens on axis 1")
+            region.token_axes = {**q_axes, **out_axes}
+        except NotTokenLocal as e:
+            region.token_wise, region.reason = False, f"not token-local: {e}"
+        return region
+    return "attention whose queries do not come from a token-major input"
+

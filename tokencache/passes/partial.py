@@ -1,0 +1,84 @@
+"""partial (ToCa): each token-wise region recomputes only its K highest-scoring tokens.
+
+    score -> topk(K) -> gather K input rows -> the region's token path on K rows
+          -> scatter into the cached output -> the block continues with the full cache
+
+K = round(ratio * N) is a Python int fixed per region, so every shape is static. For attention
+regions only the query path is gathered: keys and values still see all N tokens, which makes the
+K recomputed rows exact (a self-attention under attention="reuse" is handled by the reuse pass).
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..compiler.regions import Region
+from ..compiler.token_axis import size_arg_positions
+from ..config import CacheConfig
+from . import token_ops
+from .graph_edit import add_state_input, add_state_outputs, copy_module, finish, node_by_name, replace_uses_outside
+
+
+def tokens_for(region: Region, ratio: float) -> int:
+    return max(1, min(region.tokens, round(ratio * region.tokens)))
+
+
+def partial(gm: fx.GraphModule, regions: list[Region], config: CacheConfig) -> fx.GraphModule:
+    gm = copy_module(gm)
+    for region in regions:
+        _rewrite(gm, region, config)
+    return finish(gm)
+
+
+def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig) -> None:
+    graph = gm.graph
+    k = tokens_for(region, config.ratio)
+    cache = add_state_input(gm, f"cache:{region.name}")
+    ref = add_state_input(gm, f"ref:{region.name}")
+    stale = add_state_input(gm, f"stale:{region.name}")
+    x, out = node_by_name(gm, region.input), node_by_name(gm, region.output)
+    members = [n for n in graph.nodes if n.name in set(region.nodes)]
+    path = [n for n in members if n.name in region.token_axes and n is not x]
+    pair = config.cfg_shared_tokens and region.batch >= 2 and region.batch % 2 == 0
+    anchor = members[-1]   # new nodes go after the region, each after the previous one
+
+    def emit(fn, *args):
+        nonlocal anchor
+        with graph.inserting_after(anchor):
+            anchor = graph.call_function(fn, args)
+        return anchor
+
+    score = emit(token_ops.token_scores, x, ref, stale, config.interval, float(config.dynamics_weight),
+                 float(config.staleness_weight), pair, config.spatial_grid, float(config.spatial_bonus))
+    index = emit(token_ops.top_tokens, score, k)
+    rows = emit(token_ops.gather_rows, x, index)
+    env = {x: rows}
+    for node in path:
+        with graph.inserting_after(anchor):
+            anchor = graph.node_copy(node, lambda a: env.get(a, a))
+        anchor.meta.pop("example_value", None)
+        _resize(anchor, region.token_axes[node.name], region.tokens, k)
+        env[node] = anchor
+    new_cache = emit(token_ops.scatter_rows, cache, index, env[out])
+    new_stale = emit(token_ops.age_staleness, stale, index)
+    new_ref = emit(token_ops.scatter_rows, ref, index, rows)
+    replace_uses_outside(out, new_cache, set(region.nodes) | {n.name for n in env.values()})
+    add_state_outputs(gm, {f"cache:{region.name}": new_cache, f"stale:{region.name}": new_stale,
+                           f"ref:{region.name}": new_ref})
+
+
+def _resize(node: fx.Node, axis: int, tokens: int, k: int) -> None:
+    """Change a literal token count in a view/reshape size list from N to K."""
+    where = size_arg_positions(node)
+    if where is None:
+        return
+    style, start = where
+    args = list(node.args)
+    sizes = list(args[start]) if style == "tuple" else args[start:]
+    if axis < len(sizes) and sizes[axis] == tokens:
+        sizes[axis] = k
+        if style == "tuple":
+            args[start] = type(node.args[start])(sizes)
+        else:
+            args[start:] = sizes
+        node.args = tuple(args)
+

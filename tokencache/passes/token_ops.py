@@ -1,0 +1,77 @@
+"""The tensor functions that partial/fresh graphs call: token scores, top-K, gather, scatter.
+
+They are ordinary torch code with static shapes (K is a Python int baked in at graph-build
+time), inserted into variant graphs as call_function nodes, so inductor, the ONNX exporters and
+eager execution all see plain tensor ops: no host syncs, no data-dependent shapes.
+
+Score of token i in a region (higher = recomputed first):
+    dynamics_weight * d_i / max_j d_j  +  staleness_weight * stale_i / interval
+where d_i = |x_i - ref_i| / |ref_i| is how much the region's input row changed since that token's
+cached output was last computed, and stale_i counts the steps since then (ToCa's s3). On a square
+token grid the best token of every g x g cell then gets its score multiplied by (1 + bonus), which
+spreads recomputed tokens over the image (ToCa's s4). With `pair_halves`, the two halves of the
+batch ([cond; uncond] under classifier-free guidance) share one score and so the same tokens.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+_EPS = 1e-6
+
+
+def token_scores(x: torch.Tensor, ref: torch.Tensor, stale: torch.Tensor, interval: int,
+                 dynamics_weight: float, staleness_weight: float, pair_halves: bool,
+                 grid: int, bonus: float) -> torch.Tensor:
+    change = torch.linalg.vector_norm((x - ref).float(), dim=-1)
+    size = torch.linalg.vector_norm(ref.float(), dim=-1) + _EPS
+    dynamics = change / size
+    dynamics = dynamics / (dynamics.amax(dim=-1, keepdim=True) + _EPS)
+    score = dynamics_weight * dynamics + (staleness_weight / interval) * stale
+    if pair_halves:
+        half = score.shape[0] // 2
+        shared = 0.5 * (score[:half] + score[half:])
+        score = torch.cat([shared, shared], dim=0)
+    if bonus > 0 and spatial_grid_ok(score.shape[1], grid):
+        score = score * (1.0 + bonus * cell_winners(score, grid))
+    return score
+
+
+def spatial_grid_ok(tokens: int, grid: int) -> bool:
+    side = math.isqrt(tokens)
+    return grid > 1 and side * side == tokens and side % grid == 0
+
+
+def cell_winners(score: torch.Tensor, grid: int) -> torch.Tensor:
+    """1.0 at the highest-scoring token of every grid x grid cell of the square token grid."""
+    batch, tokens = score.shape
+    side = math.isqrt(tokens)
+    cells = side // grid
+    s = score.reshape(batch, cells, grid, cells, grid).permute(0, 1, 3, 2, 4).reshape(batch, cells * cells, grid * grid)
+    best = s.argmax(dim=-1, keepdim=True)
+    onehot = (torch.arange(grid * grid, device=score.device) == best).to(score.dtype)
+    return onehot.reshape(batch, cells, cells, grid, grid).permute(0, 1, 3, 2, 4).reshape(batch, tokens)
+
+
+def top_tokens(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (B, K) of the K highest scores; order is irrelevant (gather and scatter share it)."""
+    return torch.topk(score, k, dim=-1, sorted=False).indices
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def scatter_rows(full: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return torch.scatter(full, 1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]), rows.to(full.dtype))
+
+
+def fresh_staleness(x: torch.Tensor) -> torch.Tensor:
+    """All tokens were just computed: zero steps stale. Shape (B, N), float32."""
+    return torch.zeros(x.shape[:2], dtype=torch.float32, device=x.device)
+
+
+def age_staleness(stale: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """One more step for every token, zero for the ones computed now."""
+    return torch.scatter(stale + 1.0, 1, index, torch.zeros(index.shape, dtype=stale.dtype, device=stale.device))

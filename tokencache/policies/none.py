@@ -1,0 +1,17 @@
+"""none: plain compilation of the captured graph (the baseline)."""
+from __future__ import annotations
+
+from ..passes import cleanup
+
+
+class NonePolicy:
+    name = "none"
+
+    def check(self, analysis, config):
+        return None
+
+    def variants(self, gm, analysis, config):
+        return {"plain": cleanup(gm)}
+
+    def schedule(self, config):
+        return ["plain"] * config.num_steps
