@@ -26,23 +26,26 @@ def compile(model: torch.nn.Module, **options):
 
 def report(compiled) -> dict:
     """JSON-serialisable report of what tokencache did to a compiled model (see DESIGN.md)."""
-    from .runtime.registry import runtimes_for
+    from .runtime.registry import sessions_for
 
-    runtimes = runtimes_for(compiled)
-    if not runtimes:
+    found = sessions_for(compiled)
+    if not found:
         raise ValueError("this model has not been run through the tokencache backend yet "
                          "(reports exist after the first call)")
-    graphs = [r.report() for r in runtimes]
+    # The same module may have been compiled several times with different options: report the
+    # configuration that ran last, over all its graphs (one per input shape, or per graph break).
+    latest = max(found, key=lambda rs: rs[1].last_call)[0].config
+    graphs = [runtime.report(session) for runtime, session in found if runtime.config == latest]
     main = max(graphs, key=lambda g: len(g["regions"]))
     return {**main, "recompiles": len(graphs) - 1, "graphs": graphs if len(graphs) > 1 else None}
 
 
 def new_generation(compiled) -> None:
     """Start a new generation: reset the step counter and drop cached features."""
-    from .runtime.registry import runtimes_for
+    from .runtime.registry import sessions_for
 
-    for runtime in runtimes_for(compiled):
-        runtime.new_generation()
+    for _, session in sessions_for(compiled):
+        session.reset()
 
 
 __all__ = ["CacheConfig", "compile", "new_generation", "report", "__version__"]

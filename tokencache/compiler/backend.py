@@ -17,7 +17,6 @@ from ..config import CacheConfig
 from ..passes import tokens_for
 from ..policies import get_policy
 from ..policies.none import NonePolicy
-from ..runtime import registry
 from ..runtime.runtime import CacheRuntime
 from .graph_inputs import classify_inputs, find_timestep, symbolic_inputs
 from .regions import analyse
@@ -30,18 +29,7 @@ class TokenCacheError(RuntimeError):
 def tokencache_backend(gm: fx.GraphModule, example_inputs, options=None, **_ignored):
     config = CacheConfig.from_options(options)
     inputs = classify_inputs(gm)
-    runtime = build_runtime(gm, list(example_inputs), config, inputs)
-    params = [example_inputs[gi.index] for gi in inputs if gi.kind == "param"
-              and isinstance(example_inputs[gi.index], torch.Tensor)]
-    key = registry.register(runtime, params)
-
-    def run(*args):
-        if registry.note_call(key, runtime.user_signature(args)):
-            runtime.new_generation()
-        return runtime(*args)
-
-    run.tokencache_runtime = runtime
-    return run
+    return build_runtime(gm, list(example_inputs), config, inputs)
 
 
 def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRuntime:
@@ -51,7 +39,8 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRunti
         reason = "the graph was captured with dynamic shapes; compile with dynamic=False"
     else:
         analysis = analyse(gm)
-        reason = _unsupported(analysis) or policy.check(analysis, config) if config.policy != "none" else None
+        if config.policy != "none":
+            reason = _unsupported(analysis) or policy.check(analysis, config)
     if reason is not None:
         message = f"tokencache: caching disabled for this graph: {reason}. Running it uncached."
         if config.strict:

@@ -122,8 +122,20 @@ def _as_region(name: str, block: str, members: list[fx.Node]) -> Region | str:
             raise NotTokenLocal(f"the output's token axis is {axes.get(out.name)}, not 1")
         region.token_axes = axes
     except NotTokenLocal as e:
-        region.token_wise, region.reason = False, f"not token-local: {e}"
+        region.token_wise, region.reason = False, f"not token-local: {_mixers(members) or e}"
     return region
+
+
+def _mixers(members: list[fx.Node]) -> str:
+    """Name the convolutions/pooling in a region: the usual reason a feed-forward mixes tokens."""
+    found = []
+    for n in members:
+        name = op_name(n)
+        if name.startswith(("conv", "avg_pool", "max_pool")):
+            weight = shape_of(n.args[1]) if name.startswith("conv") and len(n.args) > 1 else None
+            kernel = "x".join(map(str, weight[2:])) if weight and len(weight) > 2 else "?"
+            found.append(f"{name} at {n.name} (kernel {kernel}) mixes neighbouring tokens")
+    return "; ".join(found)
 
 
 def _attention_region(name, block, members, candidates, out, sdpa) -> Region | str:

@@ -1,8 +1,9 @@
-"""Which runtimes belong to which model, so `report(model)` and `new_generation(model)` find them.
+"""Which runtime sessions belong to which model, so `report(model)` and `new_generation(model)`
+find them.
 
-The backend never sees the user's module, but the parameter placeholders' example inputs *are*
-the module's live parameters: a runtime is registered under their ids and found again from
-`model.parameters()`. Runtimes of one model also notice each other: when a different input
+The backend never sees the user's module, but the parameter placeholders' inputs *are* the
+module's live parameters: a session is registered under their ids and found again from
+`model.parameters()`. Sessions of one model also notice each other: when a different input
 signature ran last (a new resolution or batch size got its own graph), the next call starts a new
 generation instead of continuing stale caches.
 """
@@ -12,32 +13,35 @@ import weakref
 
 import torch
 
-_ENTRIES: list[tuple[weakref.ref, frozenset[int], int]] = []   # (runtime, param ids, model key)
+_ENTRIES: list[tuple[weakref.ref, object, list[weakref.ref]]] = []   # (runtime, session, params)
+_MODEL_OF: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # session -> model key
 _LAST_SIGNATURE: dict[int, tuple] = {}
 
 
-def register(runtime, params: list[torch.Tensor]) -> int:
-    ids = frozenset(id(p) for p in params)
-    key = min(ids) if ids else id(runtime)
-    _ENTRIES.append((weakref.ref(runtime), ids, key))
-    return key
+def register(runtime, session, params: list[torch.Tensor]) -> None:
+    _ENTRIES[:] = [e for e in _ENTRIES if e[0]() is not None and all(r() is not None for r in e[2])]
+    _ENTRIES.append((weakref.ref(runtime), session, [weakref.ref(p) for p in params]))
+    _MODEL_OF[session] = min(id(p) for p in params) if params else id(session)
 
 
-def runtimes_for(model) -> list:
+def sessions_for(model) -> list[tuple[object, object]]:
+    """(runtime, session) pairs that ran this model, oldest first."""
     module = getattr(model, "_orig_mod", model)
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"expected the torch.compile'd model or its module, got {type(model).__name__}")
     ids = {id(p) for p in module.parameters()} | {id(b) for b in module.buffers()}
     found = []
-    for ref, params, _ in _ENTRIES:
-        runtime = ref()
-        if runtime is not None and params & ids:
-            found.append(runtime)
+    for ref, session, params in _ENTRIES:
+        runtime, live = ref(), [r() for r in params]
+        # compare identities through live weakrefs: a freed model's ids may be reused
+        if runtime is not None and live and all(p is not None and id(p) in ids for p in live):
+            found.append((runtime, session))
     return found
 
 
-def note_call(key: int, signature: tuple) -> bool:
-    """Record the input signature of this call; True if another signature ran last."""
+def note_call(session, signature: tuple) -> bool:
+    """Record the input signature of this call; True if the same model last ran another one."""
+    key = _MODEL_OF[session]
     changed = key in _LAST_SIGNATURE and _LAST_SIGNATURE[key] != signature
     _LAST_SIGNATURE[key] = signature
     return changed

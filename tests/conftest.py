@@ -1,0 +1,16 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles the same model classes again; Dynamo counts those against its
+    per-function recompile limit (8), so start every test with a clean Dynamo cache."""
+    torch._dynamo.reset()
+    yield

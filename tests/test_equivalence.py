@@ -1,0 +1,55 @@
+"""Settings that must reproduce the uncompiled model exactly (fp32, relative error <= 1e-4)."""
+import pytest
+import torch
+
+import tokencache
+from tiny_models import ALL_CASES, generate, noise, rel_err
+
+TOL = 1e-4
+EXACT_SETTINGS = {
+    "none": dict(policy="none"),
+    "toca_all_tokens": dict(policy="toca", ratio=1.0, attention="tokens"),
+    "toca_interval1_reuse": dict(policy="toca", interval=1, ratio=0.25, attention="reuse"),
+    "toca_interval1_tokens": dict(policy="toca", interval=1, ratio=0.25, attention="tokens"),
+    "fora_interval1": dict(policy="fora", interval=1),
+}
+
+
+@pytest.mark.parametrize("case_name", list(ALL_CASES))
+@pytest.mark.parametrize("setting", list(EXACT_SETTINGS))
+def test_matches_uncompiled(case_name, setting):
+    case = ALL_CASES[case_name]()
+    model = case.build()
+    x0 = noise(case)
+    expected = generate(case, model, x0)
+    compiled = tokencache.compile(model, num_steps=10, inner="eager", **EXACT_SETTINGS[setting])
+    got = generate(case, compiled, x0)
+    assert rel_err(got, expected) <= TOL
+    report = tokencache.report(compiled)
+    assert report["fallback_reason"] is None
+    assert sum(v["calls"] for v in report["variants"].values()) == 10
+
+
+@pytest.mark.parametrize("case_name", ["reference", "pixart"])
+def test_caching_changes_the_output(case_name):
+    """The cached settings are not secretly computing everything: they differ from the model."""
+    case = ALL_CASES[case_name]()
+    model = case.build()
+    x0 = noise(case)
+    expected = generate(case, model, x0)
+    for options in (dict(policy="fora", interval=3), dict(policy="toca", ratio=0.25, interval=3)):
+        got = generate(case, tokencache.compile(model, num_steps=10, inner="eager", **options), x0)
+        assert 1e-4 < rel_err(got, expected) < 0.5
+
+
+@pytest.mark.slow
+def test_inductor_matches_uncompiled():
+    """The compiled path itself (inductor, compile_fx per variant)."""
+    case = ALL_CASES["reference"]()
+    model = case.build()
+    x0 = noise(case)
+    expected = generate(case, model, x0)
+    compiled = tokencache.compile(model, num_steps=10, inner="inductor", policy="toca", ratio=1.0, attention="tokens")
+    assert rel_err(generate(case, compiled, x0), expected) <= TOL
+    variants = tokencache.report(compiled)["variants"]
+    assert variants["fresh"]["compiles"] == 1 and variants["partial"]["compiles"] == 1

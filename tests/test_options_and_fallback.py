@@ -1,0 +1,96 @@
+"""Bad options are rejected by name; unsupported graphs fall back loudly, never silently."""
+import pytest
+import torch
+
+import tokencache
+from tokencache.compiler.backend import TokenCacheError
+from tiny_models import ALL_CASES, generate, noise, rel_err, sana_case
+
+
+@pytest.mark.parametrize("options, named", [
+    (dict(polcy="toca"), "polcy"),
+    (dict(policy="magic"), "policy"),
+    (dict(ratio=1.5), "ratio"),
+    (dict(ratio=0), "ratio"),
+    (dict(interval=0), "interval"),
+    (dict(attention="flash"), "attention"),
+    (dict(inner="tvm"), "inner"),
+    (dict(num_steps=2.5), "num_steps"),
+    (dict(strict="yes"), "strict"),
+])
+def test_bad_options_name_the_key(options, named):
+    model = ALL_CASES["reference"]().build()
+    with pytest.raises(ValueError, match=named):
+        tokencache.compile(model, **options)
+
+
+def test_bad_options_through_torch_compile():
+    case = ALL_CASES["reference"]()
+    compiled = torch.compile(case.build(), backend="tokencache", options={"ratio": 7})
+    with pytest.raises(Exception) as info:
+        generate(case, compiled, noise(case), steps=1)
+    assert "ratio" in str(info.value) and "(0, 1]" in str(info.value)
+
+
+def test_config_lists_allowed_values():
+    with pytest.raises(ValueError, match="'none', 'fora', 'toca'"):
+        tokencache.CacheConfig(policy="x")
+    assert tokencache.CacheConfig.from_options({"policy": "fora"}).policy == "fora"
+
+
+def test_conv_feed_forward_falls_back_with_reason():
+    case = sana_case()
+    model = case.build()
+    x0 = noise(case)
+    expected = generate(case, model, x0)
+    compiled = tokencache.compile(model, policy="toca", num_steps=10, inner="eager")
+    with pytest.warns(UserWarning, match="conv2d"):
+        got = generate(case, compiled, x0)
+    assert rel_err(got, expected) <= 1e-6
+    report = tokencache.report(compiled)
+    assert "conv2d" in report["fallback_reason"] and "blocks.0.ff" in report["fallback_reason"]
+    assert report["policy"] == "none" and list(report["variants"]) == ["plain"]
+    ff = [r for r in report["regions"] if r["region"] == "blocks.0.ff"][0]
+    assert ff["token_wise"] is False
+
+
+def test_conv_feed_forward_strict_raises():
+    case = sana_case()
+    compiled = tokencache.compile(case.build(), policy="toca", num_steps=10, inner="eager", strict=True)
+    with pytest.raises(Exception) as info:
+        generate(case, compiled, noise(case), steps=1)
+    assert isinstance(info.value, TokenCacheError) or isinstance(getattr(info.value, "inner_exception", None), TokenCacheError)
+    assert "conv2d" in str(info.value)
+
+
+def test_conv_feed_forward_still_reusable_by_fora():
+    """FORA reuses whole regions, so token-locality does not matter to it."""
+    case = sana_case()
+    compiled = tokencache.compile(case.build(), policy="fora", interval=2, num_steps=10, inner="eager")
+    generate(case, compiled, noise(case))
+    report = tokencache.report(compiled)
+    assert report["fallback_reason"] is None and report["variants"]["reuse"]["calls"] == 5
+
+
+class NoBlocks(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16)
+
+    def forward(self, x, timestep):
+        return self.b(torch.relu(self.a(x))) * timestep[:, None]
+
+
+def test_unknown_architecture_falls_back():
+    model = NoBlocks()
+    compiled = tokencache.compile(model, policy="fora", inner="eager")
+    x, t = torch.randn(2, 16), torch.tensor([1.0, 1.0])
+    with pytest.warns(UserWarning, match="no transformer blocks"):
+        out = compiled(x, t)
+    torch.testing.assert_close(out, model(x, t))
+    assert "no transformer blocks" in tokencache.report(compiled)["fallback_reason"]
+
+
+def test_report_before_first_call_is_a_clear_error():
+    with pytest.raises(ValueError, match="first call"):
+        tokencache.report(tokencache.compile(NoBlocks()))

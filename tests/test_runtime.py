@@ -1,0 +1,116 @@
+"""Runtime behaviour: schedules, zero recompiles, CFG layouts, new generations, shape changes."""
+import subprocess
+import sys
+
+import torch
+import torch._dynamo
+
+import tokencache
+from tiny_models import ALL_CASES, generate, noise, rel_err
+
+
+def _fresh_and_cached(steps, interval, warmup=1):
+    fresh = sum(1 for s in range(steps) if s < warmup or s % interval == 0)
+    return fresh, steps - fresh
+
+
+def test_two_generations_without_recompiles():
+    case = ALL_CASES["diffusers_dit"]()
+    model = case.build()
+    compiled = tokencache.compile(model, policy="toca", ratio=0.25, interval=3, num_steps=20, inner="eager")
+    x0 = noise(case)
+    first = generate(case, compiled, x0, steps=20)            # compiles once here
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        second = generate(case, compiled, x0, steps=20)
+        third = generate(case, compiled, x0, steps=20)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)   # each generation starts clean
+    torch.testing.assert_close(third, first, rtol=0, atol=0)
+    report = tokencache.report(compiled)
+    fresh, cached = _fresh_and_cached(20, 3)
+    assert report["variants"]["fresh"]["calls"] == 3 * fresh == 21
+    assert report["variants"]["partial"]["calls"] == 3 * cached
+    assert report["variants"]["fresh"]["compiles"] == 1 and report["variants"]["partial"]["compiles"] == 1
+    assert report["recompiles"] == 0 and report["generations"] == 3
+    assert report["schedule"][:4] == ["fresh", "partial", "partial", "fresh"]
+
+
+def test_cfg_as_two_calls_equals_one_doubled_batch():
+    """Per-sample math of FORA is independent of batching; so the two layouts agree exactly only if
+    the runtime keeps a separate cache per call position within a step."""
+    case = ALL_CASES["reference"]()
+    model = case.build()
+    x0 = noise(case, batch=2)
+    options = dict(policy="fora", interval=3, num_steps=10, inner="eager")
+    batched = tokencache.compile(model, **options)
+    expected = generate(case, batched, x0)
+
+    two_calls = tokencache.compile(case.build(), **options)
+    x = x0.clone()
+    sigmas = torch.linspace(1.0, 0.0, 11)
+    with torch.no_grad():
+        for i in range(10):
+            t = (sigmas[i] * 1000).expand(1).contiguous()
+            cond = two_calls(x[:1], t, torch.tensor([0]))
+            uncond = two_calls(x[1:], t, torch.tensor([1]))
+            x = x + (sigmas[i + 1] - sigmas[i]) * torch.cat([cond, uncond])
+    assert rel_err(x, expected) < 1e-5
+    report = tokencache.report(two_calls)
+    assert report["variants"]["fresh"]["calls"] == 2 * 4 and report["variants"]["reuse"]["calls"] == 2 * 6
+
+
+def test_interrupted_generation_then_new_one():
+    case = ALL_CASES["reference"]()
+    options = dict(policy="fora", interval=3, num_steps=10, inner="eager")
+    clean = tokencache.compile(case.build(), **options)
+    expected = generate(case, clean, noise(case, seed=2))
+    compiled = tokencache.compile(case.build(), **options)
+    generate(case, compiled, noise(case, seed=1), stop=5)        # abandoned after 5 steps
+    got = generate(case, compiled, noise(case, seed=2))           # timestep goes back up: reset
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert tokencache.report(compiled)["generations"] == 2
+
+
+def test_explicit_new_generation():
+    case = ALL_CASES["reference"]()
+    compiled = tokencache.compile(case.build(), policy="fora", interval=3, num_steps=10, inner="eager",
+                                  timestep_input="no_such_input")   # no timestep: counting calls only
+    x0 = noise(case)
+    first = generate(case, compiled, x0)
+    generate(case, compiled, x0, stop=4)
+    tokencache.new_generation(compiled)
+    torch.testing.assert_close(generate(case, compiled, x0), first, rtol=0, atol=0)
+    assert tokencache.report(compiled)["timestep_input"] is None
+
+
+def test_batch_size_change_between_generations():
+    case = ALL_CASES["reference"]()
+    options = dict(policy="toca", ratio=0.25, interval=3, num_steps=10, inner="eager")
+    compiled = tokencache.compile(case.build(), **options)
+    small, large = noise(case, batch=2, seed=3), noise(case, batch=4, seed=4)
+    a = generate(case, compiled, small)
+    b = generate(case, compiled, large)
+    generate(case, compiled, small, stop=3)                       # interrupted, then a new one of the other size
+    c = generate(case, compiled, large)
+    d = generate(case, compiled, small)
+    torch.testing.assert_close(c, b, rtol=0, atol=0)
+    torch.testing.assert_close(d, a, rtol=0, atol=0)
+    expected_large = generate(case, tokencache.compile(case.build(), **options), large)
+    torch.testing.assert_close(b, expected_large, rtol=0, atol=0)
+    assert tokencache.report(compiled)["recompiles"] == 1        # one graph per batch size
+
+
+def test_backend_entry_point_without_import():
+    code = (
+        "import sys, torch\n"
+        "from tokencache.models.reference_dit import ReferenceDiT\n"
+        "del sys.modules['tokencache']\n"
+        "[sys.modules.pop(k) for k in list(sys.modules) if k.startswith('tokencache')]\n"
+        "m = ReferenceDiT().eval()\n"
+        "c = torch.compile(m, backend='tokencache', options={'policy': 'fora', 'inner': 'eager', 'num_steps': 2})\n"
+        "with torch.no_grad(): c(torch.randn(2, 4, 16, 16), torch.tensor([999.0, 999.0]), torch.tensor([1, 2]))\n"
+        "import tokencache\n"
+        "print(tokencache.report(c)['policy'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("fora")
