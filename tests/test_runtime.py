@@ -114,3 +114,15 @@ def test_backend_entry_point_without_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("fora")
+
+
+def test_same_module_compiled_twice_reports_each():
+    case = ALL_CASES["reference"]()
+    model = case.build()
+    fora = tokencache.compile(model, policy="fora", num_steps=10, inner="eager")
+    toca = tokencache.compile(model, policy="toca", num_steps=10, inner="eager")
+    x0 = noise(case)
+    generate(case, fora, x0)
+    generate(case, toca, x0)
+    assert tokencache.report(fora)["policy"] == "fora" and tokencache.report(toca)["policy"] == "toca"
+    assert tokencache.report(fora)["variants"]["reuse"]["calls"] == 6

@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .config import CacheConfig
@@ -18,33 +20,47 @@ def compile(model: torch.nn.Module, **options):
     """torch.compile(model, backend="tokencache", options=options, dynamic=False).
 
     Options are validated here (ValueError naming the key) before anything is traced."""
-    from .compiler.backend import tokencache_backend
+    from .compiler.backend import CompileHandle, tokencache_backend
 
     config = CacheConfig.from_options(options)
-    return torch.compile(model, backend=tokencache_backend, options=config.to_dict(), dynamic=False)
+    handle = CompileHandle()
+    compiled = torch.compile(model, backend=functools.partial(tokencache_backend, handle=handle),
+                             options=config.to_dict(), dynamic=False)
+    # OptimizedModule forwards attribute writes to the wrapped module; this one belongs to the wrapper.
+    object.__setattr__(compiled, "_tokencache_handle", handle)
+    return compiled
+
+
+def _sessions(compiled) -> list:
+    """(runtime, session) pairs of this compiled model: those of its own compilation when it came
+    from tokencache.compile, else those of the configuration that ran last for the module."""
+    from .runtime.registry import sessions_for
+
+    found = sessions_for(compiled)
+    handle = getattr(compiled, "__dict__", {}).get("_tokencache_handle")
+    if handle is not None:
+        return [(r, s) for r, s in found if any(r is h for h in handle.runtimes)]
+    if not found:
+        return []
+    latest = max(found, key=lambda rs: rs[1].last_call)[0].config
+    return [(r, s) for r, s in found if r.config == latest]
 
 
 def report(compiled) -> dict:
     """JSON-serialisable report of what tokencache did to a compiled model (see DESIGN.md)."""
-    from .runtime.registry import sessions_for
-
-    found = sessions_for(compiled)
+    found = _sessions(compiled)
     if not found:
         raise ValueError("this model has not been run through the tokencache backend yet "
                          "(reports exist after the first call)")
-    # The same module may have been compiled several times with different options: report the
-    # configuration that ran last, over all its graphs (one per input shape, or per graph break).
-    latest = max(found, key=lambda rs: rs[1].last_call)[0].config
-    graphs = [runtime.report(session) for runtime, session in found if runtime.config == latest]
+    # one graph per input shape (or per graph break), each with this model's session
+    graphs = [runtime.report(session) for runtime, session in found]
     main = max(graphs, key=lambda g: len(g["regions"]))
     return {**main, "recompiles": len(graphs) - 1, "graphs": graphs if len(graphs) > 1 else None}
 
 
 def new_generation(compiled) -> None:
     """Start a new generation: reset the step counter and drop cached features."""
-    from .runtime.registry import sessions_for
-
-    for _, session in sessions_for(compiled):
+    for _, session in _sessions(compiled):
         session.reset()
 
 

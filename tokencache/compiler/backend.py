@@ -26,10 +26,21 @@ class TokenCacheError(RuntimeError):
     """strict=True and the cache rewrite could not apply."""
 
 
-def tokencache_backend(gm: fx.GraphModule, example_inputs, options=None, **_ignored):
+class CompileHandle:
+    """Links one `tokencache.compile()` result to the runtimes its backend built, so a module
+    compiled twice with different options reports each compilation separately."""
+
+    def __init__(self):
+        self.runtimes: list[CacheRuntime] = []
+
+
+def tokencache_backend(gm: fx.GraphModule, example_inputs, options=None, handle: CompileHandle | None = None):
     config = CacheConfig.from_options(options)
     inputs = classify_inputs(gm)
-    return build_runtime(gm, list(example_inputs), config, inputs)
+    runtime = build_runtime(gm, list(example_inputs), config, inputs)
+    if handle is not None:
+        handle.runtimes.append(runtime)
+    return runtime
 
 
 def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRuntime:
