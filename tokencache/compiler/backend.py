@@ -14,7 +14,6 @@ import torch
 import torch.fx as fx
 
 from ..config import CacheConfig
-from ..passes import tokens_for
 from ..policies import get_policy
 from ..policies.none import NonePolicy
 from ..runtime.runtime import CacheRuntime
@@ -61,12 +60,13 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRunti
     variants = policy.variants(gm, analysis, config)
     schedule = policy.schedule(config)
     timestep = find_timestep(inputs, example_inputs, config.timestep_input)
+    computed = policy.computed_tokens(analysis, config)
     base = {
         "policy": policy.name,
         "config": config.to_dict(),
         "fallback_reason": reason,
         "timestep_input": timestep.name if timestep else None,
-        "regions": [dict(r.summary(), computed_tokens=tokens_for(r, config.ratio))
+        "regions": [dict(r.summary(), computed_tokens=computed.get(r.name))
                     for r in (analysis.regions if analysis else [])],
         "rejected_modules": [{"module": m, "reason": why} for m, why in (analysis.rejected if analysis else [])],
     }

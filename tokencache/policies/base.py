@@ -23,6 +23,9 @@ class Policy(Protocol):
     def schedule(self, config: CacheConfig) -> list[str]:
         """The variant to run at each step 0 .. num_steps-1."""
 
+    def computed_tokens(self, analysis: Analysis, config: CacheConfig) -> dict[str, int]:
+        """Region -> tokens it computes in a cached (non-fresh) step."""
+
 
 def is_fresh_step(step: int, config: CacheConfig) -> bool:
     """Warm-up steps and every `interval`-th step compute everything."""

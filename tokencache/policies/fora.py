@@ -16,3 +16,6 @@ class ForaPolicy:
 
     def schedule(self, config):
         return interval_schedule(config, "reuse")
+
+    def computed_tokens(self, analysis, config):
+        return {r.name: 0 for r in analysis.regions}

@@ -15,3 +15,6 @@ class NonePolicy:
 
     def schedule(self, config):
         return ["plain"] * config.num_steps
+
+    def computed_tokens(self, analysis, config):
+        return {r.name: r.tokens for r in analysis.regions} if analysis else {}

@@ -6,7 +6,7 @@ regions are always token-wise: they treat tokens independently, so K rows are ex
 """
 from __future__ import annotations
 
-from ..passes import fresh, partial, reuse
+from ..passes import fresh, partial, reuse, tokens_for
 from .base import FRESH, interval_schedule
 
 
@@ -36,3 +36,7 @@ class TocaPolicy:
 
     def schedule(self, config):
         return interval_schedule(config, "partial")
+
+    def computed_tokens(self, analysis, config):
+        whole, tokenwise = split_regions(analysis, config)
+        return {**{r.name: 0 for r in whole}, **{r.name: tokens_for(r, config.ratio) for r in tokenwise}}
