@@ -1,0 +1,109 @@
+"""Unit tests of the pieces: token scores and selection, the step clock, region analysis."""
+import pytest
+import torch
+
+from tokencache.compiler.regions import analyse, module_path
+from tokencache.passes import token_ops
+from tokencache.runtime.clock import StepClock
+from tiny_models import ALL_CASES, noise
+
+
+def test_cell_winners_marks_one_token_per_cell():
+    score = torch.rand(3, 64)
+    winners = token_ops.cell_winners(score, 2)
+    assert winners.sum(dim=1).tolist() == [16.0] * 3           # 8x8 grid, 2x2 cells
+    grid = score.reshape(3, 8, 8)
+    cell = grid[:, 2:4, 4:6].reshape(3, 4)
+    mask = winners.reshape(3, 8, 8)[:, 2:4, 4:6].reshape(3, 4)
+    assert torch.equal(mask.argmax(dim=1), cell.argmax(dim=1))
+
+
+def test_scores_prefer_changed_and_stale_tokens():
+    ref = torch.ones(2, 16, 8)
+    x = ref.clone()
+    x[:, 5] += 3.0                                              # token 5 changed a lot
+    stale = torch.zeros(2, 16)
+    stale[:, 9] = 6.0                                           # token 9 was not computed for 6 steps
+    s = token_ops.token_scores(x, ref, stale, interval=3, dynamics_weight=1.0, staleness_weight=0.25,
+                               pair_halves=False, grid=2, bonus=0.0)
+    top = token_ops.top_tokens(s, 2)
+    assert set(top[0].tolist()) == {5, 9}
+
+
+def test_pair_halves_select_the_same_tokens():
+    x, ref = torch.randn(4, 16, 8), torch.randn(4, 16, 8)
+    s = token_ops.token_scores(x, ref, torch.zeros(4, 16), 3, 1.0, 0.25, True, 2, 0.4)
+    idx = token_ops.top_tokens(s, 5)
+    assert torch.equal(idx[:2].sort(dim=1).values, idx[2:].sort(dim=1).values)
+
+
+def test_gather_scatter_round_trip_and_staleness():
+    full = torch.randn(2, 10, 4)
+    idx = torch.tensor([[1, 7, 3], [0, 9, 2]])
+    rows = token_ops.gather_rows(full, idx)
+    assert torch.equal(rows[1, 1], full[1, 9])
+    changed = token_ops.scatter_rows(torch.zeros_like(full), idx, rows)
+    assert torch.equal(changed[0, 7], full[0, 7]) and changed[0, 0].abs().sum() == 0
+    stale = token_ops.age_staleness(torch.full((2, 10), 2.0), idx)
+    assert stale[0, 1] == 0 and stale[0, 0] == 3
+
+
+def test_clock_steps_cfg_calls_and_new_generations():
+    clock = StepClock(num_steps=4)
+    seen = []
+    for t in [999, 999, 750, 750, 500, 500, 999, 999, 750]:    # two calls per step, restart at 999
+        new = clock.tick(float(t))
+        seen.append((clock.step, clock.position, new))
+    assert seen[:4] == [(0, 0, True), (0, 1, False), (1, 0, False), (1, 1, False)]
+    assert seen[6] == (0, 0, True) and seen[8] == (1, 0, False)
+    counting = StepClock(num_steps=2)
+    assert [counting.tick(None) for _ in range(5)] == [True, False, True, False, True]
+
+
+def test_clock_ascending_timesteps():
+    clock = StepClock(num_steps=10)
+    news = [clock.tick(float(t)) for t in [0, 100, 200, 0, 100]]
+    assert news == [True, False, False, True, False]
+
+
+def _capture(case_name):
+    case = ALL_CASES[case_name]()
+    model = case.build()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+    with torch.no_grad():
+        case.call(compiled, noise(case), torch.tensor([500.0, 500.0]))
+    return graphs[0]
+
+
+@pytest.mark.parametrize("case_name, kinds", [
+    ("reference", {"blocks.0.attn": "self_attention", "blocks.0.mlp": "feed_forward"}),
+    ("diffusers_dit", {"transformer_blocks.0.attn1": "self_attention", "transformer_blocks.0.ff": "feed_forward"}),
+    ("pixart", {"transformer_blocks.1.attn1": "self_attention", "transformer_blocks.1.attn2": "cross_attention",
+                "transformer_blocks.1.ff": "feed_forward"}),
+])
+def test_regions_found(case_name, kinds):
+    analysis = analyse(_capture(case_name))
+    found = {r.name: r for r in analysis.regions}
+    for name, kind in kinds.items():
+        assert found[name].kind == kind and found[name].token_wise, found[name]
+    assert len(analysis.blocks) == 2
+    assert all(r.tokens == 64 if case_name == "reference" else r.tokens == 16 for r in analysis.regions)
+
+
+def test_fused_qkv_reshape_tracks_the_token_axis():
+    """`qkv.reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)`, then `[0]`: tokens at axis 3, then 2."""
+    analysis = analyse(_capture("reference"))
+    attn = next(r for r in analysis.regions if r.name == "blocks.0.attn")
+    assert attn.token_axes["qkv"] == 3 and attn.token_axes["q"] == 2 and attn.token_axes["o"] == 2
+
+
+def test_module_path_normalisation():
+    class Node:
+        meta = {"nn_module_stack": {"a": ("L['self'].__dict__['_modules']['transformer_blocks'].0.attn1.to_q", object)}}
+    assert module_path(Node()) == "transformer_blocks.0.attn1.to_q"
