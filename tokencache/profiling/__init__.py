@@ -1,0 +1,1 @@
+"""Latency, FLOPs and fidelity measurement."""
