@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-POLICIES = ("none", "fora", "toca")
+POLICIES = ("none", "fora", "toca", "duca", "taylorseer")
 ATTENTION_MODES = ("reuse", "tokens")
+SELECTIONS = ("auto", "score", "random")
+AGGRESSIVE = ("reuse", "skip")
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
 INNER_BACKENDS = ("eager", "inductor")
 
 
@@ -29,6 +32,17 @@ class CacheConfig:
                  passes/scores.py): dynamics + staleness, then a bonus for the best token of
                  every grid cell so that recomputed tokens spread over the image.
     cfg_shared_tokens: both halves of an even batch ([cond; uncond]) pick the same tokens.
+    selection:   token selection in token-wise steps: "score" (above), "random" (in-graph seeded
+                 generator, the same tokens for every sample), "auto" (toca: score, duca: random).
+    seed:        seed of the random selection.
+    aggressive:  DuCa's aggressive steps: "reuse" every region (FORA) or "skip" all blocks (only
+                 the layers after the last block run, on its cached output).
+    order:       TaylorSeer: highest finite-difference order of the forecast (1-4).
+    cache_dtype: dtype of stored Taylor factors ("float32", "float16", "bfloat16").
+    step_weight, layer_weight, ratio_buckets: ToCa's varying ratios. Region ratio =
+                 ratio * (1 + w_s - 2 w_s s/n) * (1 + w_l - 2 w_l l/(L-1)) for step s of n and block
+                 l of L; the step factor is quantised to at most `ratio_buckets` values, one
+                 partial graph each (layer factors are free: every block is its own code).
     timestep_input: name of the forward() argument holding the timestep ("auto" guesses it);
                  the runtime uses it to tell steps, CFG calls and new generations apart.
     """
@@ -47,6 +61,14 @@ class CacheConfig:
     spatial_grid: int = 2
     cfg_shared_tokens: bool = True
     timestep_input: str = "auto"
+    selection: str = "auto"
+    seed: int = 0
+    aggressive: str = "reuse"
+    order: int = 2
+    cache_dtype: str = "float32"
+    step_weight: float = 0.0
+    layer_weight: float = 0.0
+    ratio_buckets: int = 3
 
     def __post_init__(self):
         _choice("policy", self.policy, POLICIES)
@@ -56,6 +78,17 @@ class CacheConfig:
         _int_at_least("num_steps", self.num_steps, 1)
         _int_at_least("warmup", self.warmup, 0)
         _int_at_least("spatial_grid", self.spatial_grid, 1)
+        _choice("selection", self.selection, SELECTIONS)
+        _choice("aggressive", self.aggressive, AGGRESSIVE)
+        _choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
+        _int_at_least("seed", self.seed, 0)
+        _int_at_least("ratio_buckets", self.ratio_buckets, 1)
+        if not isinstance(self.order, int) or isinstance(self.order, bool) or not 1 <= self.order <= 4:
+            raise ValueError(f"tokencache option 'order' must be an integer in 1..4, got {self.order!r}")
+        for name in ("step_weight", "layer_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not -1 <= value <= 1:
+                raise ValueError(f"tokencache option {name!r} must be a number in [-1, 1], got {value!r}")
         if not isinstance(self.ratio, (int, float)) or isinstance(self.ratio, bool) or not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"tokencache option 'ratio' must be a number in (0, 1], got {self.ratio!r}")
         for name in ("staleness_weight", "dynamics_weight", "spatial_bonus"):
@@ -85,6 +118,16 @@ class CacheConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def torch_cache_dtype(self):
+        import torch
+        return getattr(torch, self.cache_dtype)
+
+    def selection_for(self, policy: str) -> str:
+        if self.selection != "auto":
+            return self.selection
+        return "random" if policy == "duca" else "score"
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

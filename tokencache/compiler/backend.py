@@ -70,7 +70,7 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRunti
                     for r in (analysis.regions if analysis else [])],
         "rejected_modules": [{"module": m, "reason": why} for m, why in (analysis.rejected if analysis else [])],
     }
-    return CacheRuntime(config, variants, schedule, inputs, example_inputs, timestep, base)
+    return CacheRuntime(config, policy, variants, schedule, inputs, example_inputs, timestep, base)
 
 
 def _unsupported(analysis) -> str | None:

@@ -47,6 +47,7 @@ class Analysis:
     blocks: list[str]
     regions: list[Region]
     rejected: list[tuple[str, str]]     # (module path, why it is not a region)
+    block_outputs: dict[str, str] = field(default_factory=dict)  # block -> the one (B, N, C) tensor leaving it
 
 
 def module_path(node: fx.Node) -> str:
@@ -87,7 +88,19 @@ def analyse(gm: fx.GraphModule) -> Analysis:
             else:
                 regions.append(region)
     return Analysis(blocks=[b for b in blocks if any(r.block == b for r in regions)] or blocks,
-                    regions=regions, rejected=rejected)
+                    regions=regions, rejected=rejected, block_outputs=_block_outputs(nodes, paths, blocks))
+
+
+def _block_outputs(nodes, paths, blocks) -> dict[str, str]:
+    """The residual stream leaving each block: its only 3-D tensor used outside the block."""
+    found = {}
+    for block in blocks:
+        inside = {n.name for n in nodes if paths[n.name] == block or paths[n.name].startswith(block + ".")}
+        leaving = [n for n in nodes if n.name in inside and len(shape_of(n) or ()) == 3
+                   and any(u.name not in inside for u in n.users)]
+        if len(leaving) == 1:
+            found[block] = leaving[0].name
+    return found
 
 
 def _as_region(name: str, block: str, members: list[fx.Node]) -> Region | str:

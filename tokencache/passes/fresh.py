@@ -8,17 +8,25 @@ from . import token_ops
 from .graph_edit import add_state_outputs, copy_module, finish, node_by_name
 
 
-def fresh(gm: fx.GraphModule, cached: list[Region], scored: list[Region]) -> fx.GraphModule:
-    """`cached`: regions whose output is stored; `scored`: regions that will run token-wise and so
-    also need their input snapshot (`ref`) and a zeroed staleness counter (`stale`)."""
+def fresh(gm: fx.GraphModule, cached: list[Region], scored: list[Region], selection: str = "score",
+          seed: int = 0, keep: dict[str, str] | None = None) -> fx.GraphModule:
+    """`cached`: regions whose output is stored. `scored`: regions that will run token-wise; with
+    selection "score" they also need their input snapshot (`ref`) and a zeroed staleness counter
+    (`stale`), with "random" a seeded generator state (`rng`). `keep`: other nodes to store
+    (state key -> node name), e.g. the last block's output for skip steps."""
     gm = copy_module(gm)
     items = {}
     for region in cached:
         items[f"cache:{region.name}"] = node_by_name(gm, region.output)
-    for region in scored:
+    for index, region in enumerate(scored):
         x = node_by_name(gm, region.input)
-        items[f"ref:{region.name}"] = x
         with gm.graph.inserting_after(x):
-            items[f"stale:{region.name}"] = gm.graph.call_function(token_ops.fresh_staleness, (x,))
+            if selection == "random":
+                items[f"rng:{region.name}"] = gm.graph.call_function(token_ops.seed_generator, (x, seed * 1000 + index))
+            else:
+                items[f"ref:{region.name}"] = x
+                items[f"stale:{region.name}"] = gm.graph.call_function(token_ops.fresh_staleness, (x,))
+    for key, name in (keep or {}).items():
+        items[key] = node_by_name(gm, name)
     add_state_outputs(gm, items)
     return finish(gm)

@@ -25,7 +25,9 @@ def copy_module(gm: fx.GraphModule) -> fx.GraphModule:
     info = gm.meta.get("tokencache", {})
     new.meta["tokencache"] = {"num_outputs": info.get("num_outputs", len(outputs_of(gm))),
                               "state_in": list(info.get("state_in", [])),
-                              "state_out": list(info.get("state_out", []))}
+                              "state_out": list(info.get("state_out", [])),
+                              "host_in": list(info.get("host_in", [])),
+                              "state_init": dict(info.get("state_init", {}))}
     return new
 
 
@@ -45,12 +47,28 @@ def node_by_name(gm: fx.GraphModule, name: str) -> fx.Node:
     raise KeyError(f"node {name!r} not in graph")
 
 
-def add_state_input(gm: fx.GraphModule, key: str) -> fx.Node:
-    last = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+def add_state_input(gm: fx.GraphModule, key: str, init: tuple | None = None) -> fx.Node:
+    """`init` = (shape, dtype): the runtime may start this state at zeros (cold start)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    hosts = len(gm.meta["tokencache"]["host_in"])
+    last = placeholders[-1 - hosts]            # state placeholders stay in front of host inputs
     with gm.graph.inserting_after(last):
         node = gm.graph.placeholder(state_name(key))
     node._dynamo_source = None
     gm.meta["tokencache"]["state_in"].append(key)
+    if init is not None:
+        gm.meta["tokencache"]["state_init"][key] = init
+    return node
+
+
+def add_host_input(gm: fx.GraphModule, name: str) -> fx.Node:
+    """A per-step value the runtime computes on the host (a step distance, coefficients);
+    host inputs come after all state inputs."""
+    last = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+    with gm.graph.inserting_after(last):
+        node = gm.graph.placeholder(f"host_{name}")
+    node._dynamo_source = None
+    gm.meta["tokencache"]["host_in"].append(name)
     return node
 
 

@@ -22,19 +22,24 @@ def tokens_for(region: Region, ratio: float) -> int:
     return max(1, min(region.tokens, round(ratio * region.tokens)))
 
 
-def partial(gm: fx.GraphModule, regions: list[Region], config: CacheConfig) -> fx.GraphModule:
+def partial(gm: fx.GraphModule, regions: list[Region], config: CacheConfig, selection: str = "score",
+            ratios: dict[str, float] | None = None) -> fx.GraphModule:
+    """`selection`: "score" or "random" (see token_ops); `ratios`: per-region ratio overrides."""
     gm = copy_module(gm)
     for region in regions:
-        _rewrite(gm, region, config)
+        ratio = (ratios or {}).get(region.name, config.ratio)
+        _rewrite(gm, region, config, selection, tokens_for(region, ratio))
     return finish(gm)
 
 
-def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig) -> None:
+def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection: str, k: int) -> None:
     graph = gm.graph
-    k = tokens_for(region, config.ratio)
     cache = add_state_input(gm, f"cache:{region.name}")
-    ref = add_state_input(gm, f"ref:{region.name}")
-    stale = add_state_input(gm, f"stale:{region.name}")
+    if selection == "random":
+        rng = add_state_input(gm, f"rng:{region.name}")
+    else:
+        ref = add_state_input(gm, f"ref:{region.name}")
+        stale = add_state_input(gm, f"stale:{region.name}")
     x, out = node_by_name(gm, region.input), node_by_name(gm, region.output)
     members = [n for n in graph.nodes if n.name in set(region.nodes)]
     path = [n for n in members if n.name in region.token_axes and n is not x]
@@ -47,8 +52,12 @@ def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig) -> None:
             anchor = graph.call_function(fn, args)
         return anchor
 
-    score = emit(token_ops.token_scores, x, ref, stale, config.interval, float(config.dynamics_weight),
-                 float(config.staleness_weight), pair, config.spatial_grid, float(config.spatial_bonus))
+    if selection == "random":
+        new_rng = emit(token_ops.next_random, rng)
+        score = emit(token_ops.random_scores, new_rng, region.batch)
+    else:
+        score = emit(token_ops.token_scores, x, ref, stale, config.interval, float(config.dynamics_weight),
+                     float(config.staleness_weight), pair, config.spatial_grid, float(config.spatial_bonus))
     index = emit(token_ops.top_tokens, score, k)
     rows = emit(token_ops.gather_rows, x, index)
     env = {x: rows}
@@ -59,11 +68,13 @@ def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig) -> None:
         _resize(anchor, region.token_axes[node.name], region.tokens, k)
         env[node] = anchor
     new_cache = emit(token_ops.scatter_rows, cache, index, env[out])
-    new_stale = emit(token_ops.age_staleness, stale, index)
-    new_ref = emit(token_ops.scatter_rows, ref, index, rows)
+    if selection == "random":
+        state = {f"rng:{region.name}": new_rng}
+    else:
+        state = {f"stale:{region.name}": emit(token_ops.age_staleness, stale, index),
+                 f"ref:{region.name}": emit(token_ops.scatter_rows, ref, index, rows)}
     replace_uses_outside(out, new_cache, set(region.nodes) | {n.name for n in env.values()})
-    add_state_outputs(gm, {f"cache:{region.name}": new_cache, f"stale:{region.name}": new_stale,
-                           f"ref:{region.name}": new_ref})
+    add_state_outputs(gm, {f"cache:{region.name}": new_cache, **state})
 
 
 def _resize(node: fx.Node, axis: int, tokens: int, k: int) -> None:

@@ -75,3 +75,48 @@ def fresh_staleness(x: torch.Tensor) -> torch.Tensor:
 def age_staleness(stale: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """One more step for every token, zero for the ones computed now."""
     return torch.scatter(stale + 1.0, 1, index, torch.zeros(index.shape, dtype=stale.dtype, device=stale.device))
+
+
+# -- random selection (DuCa) --------------------------------------------------------------------
+# An in-graph linear congruential generator on int64 state: reproducible, static-shape, exportable
+# (plain integer mul/add/remainder), and one draw per token shared by every sample of the batch,
+# so both halves of a CFG batch pick the same tokens.
+_LCG_A, _LCG_C, _LCG_M = 1103515245, 12345, 2 ** 31
+
+
+def seed_generator(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Fresh-step state (N,) int64 from the token count of `x` (B, N, C) and a seed."""
+    tokens = torch.arange(x.shape[1], dtype=torch.int64, device=x.device)
+    return (tokens * 747796405 + seed * 2891336453 + 1) % _LCG_M
+
+
+def next_random(state: torch.Tensor) -> torch.Tensor:
+    return (state * _LCG_A + _LCG_C) % _LCG_M
+
+
+def random_scores(state: torch.Tensor, batch: int) -> torch.Tensor:
+    """Uniform [0, 1) scores (batch, N) from the generator state (the same row for every sample)."""
+    return (state.to(torch.float32) / _LCG_M).unsqueeze(0).expand(batch, -1)
+
+
+# -- Taylor / Newton forecasting (TaylorSeer) ----------------------------------------------------
+# Factors of a region's output are stored stacked: (order+1, B, N, C). factor[0] is the output of
+# the last fresh step, factor[i+1] the i+1-th divided difference over the last fresh steps. The
+# host passes the step distances, so one graph serves every spacing; orders the history cannot
+# support yet are multiplied by valid = 0 (zeros, not another graph).
+
+def taylor_update(y: torch.Tensor, old: torch.Tensor, dist: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    terms = [y.float()]
+    for i in range(old.shape[0] - 1):
+        terms.append(valid[i] * (terms[i] - old[i].float()) / dist[i])
+    return torch.stack(terms).to(old.dtype)
+
+
+def taylor_predict(factors: torch.Tensor, coef: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """sum_i coef[i] * factor[i]; coef[i] = prod_{j<i} (s - s_{n-j}) from the host."""
+    out = (coef.to(torch.float32).reshape(-1, *([1] * (factors.dim() - 1))) * factors.float()).sum(0)
+    return out.to(dtype)
+
+
+def taylor_zero_order(factors: torch.Tensor) -> torch.Tensor:
+    return factors[0]

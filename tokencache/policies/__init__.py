@@ -1,10 +1,13 @@
 """Policies by name: each is a schedule plus the passes that build its variants."""
 from .base import FRESH, Policy, is_fresh_step
+from .duca import DucaPolicy
 from .fora import ForaPolicy
 from .none import NonePolicy
+from .taylorseer import TaylorSeerPolicy
 from .toca import TocaPolicy
 
-POLICIES = {"none": NonePolicy(), "fora": ForaPolicy(), "toca": TocaPolicy()}
+POLICIES = {"none": NonePolicy(), "fora": ForaPolicy(), "toca": TocaPolicy(), "duca": DucaPolicy(),
+            "taylorseer": TaylorSeerPolicy()}
 
 
 def get_policy(name: str) -> Policy:

@@ -26,6 +26,9 @@ class Policy(Protocol):
     def computed_tokens(self, analysis: Analysis, config: CacheConfig) -> dict[str, int]:
         """Region -> tokens it computes in a cached (non-fresh) step."""
 
+    def host_inputs(self, variant: str, step: int, fresh_steps: list[int], config: CacheConfig) -> dict:
+        """Per-step tensors the runtime computes on the host for variants that declare host inputs."""
+
 
 def is_fresh_step(step: int, config: CacheConfig) -> bool:
     """Warm-up steps and every `interval`-th step compute everything."""

@@ -19,3 +19,6 @@ class ForaPolicy:
 
     def computed_tokens(self, analysis, config):
         return {r.name: 0 for r in analysis.regions}
+
+    def host_inputs(self, variant, step, fresh_steps, config):
+        return {}

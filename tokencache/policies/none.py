@@ -18,3 +18,6 @@ class NonePolicy:
 
     def computed_tokens(self, analysis, config):
         return {r.name: r.tokens for r in analysis.regions} if analysis else {}
+
+    def host_inputs(self, variant, step, fresh_steps, config):
+        return {}

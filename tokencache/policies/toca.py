@@ -40,3 +40,6 @@ class TocaPolicy:
     def computed_tokens(self, analysis, config):
         whole, tokenwise = split_regions(analysis, config)
         return {**{r.name: 0 for r in whole}, **{r.name: tokens_for(r, config.ratio) for r in tokenwise}}
+
+    def host_inputs(self, variant, step, fresh_steps, config):
+        return {}

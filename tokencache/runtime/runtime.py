@@ -30,10 +30,11 @@ _CALLS = itertools.count()   # global call sequence: which session of a model ra
 
 
 class CacheRuntime:
-    def __init__(self, config: CacheConfig, variants: dict[str, fx.GraphModule], schedule: list[str],
+    def __init__(self, config: CacheConfig, policy, variants: dict[str, fx.GraphModule], schedule: list[str],
                  inputs: list[GraphInput], example_inputs: list, timestep: GraphInput | None,
                  report_base: dict):
         self.config = config
+        self.policy = policy
         self.variants = variants
         self.schedule = schedule
         self.inputs = inputs
@@ -65,22 +66,37 @@ class CacheRuntime:
         if registry.note_call(session, self.user_signature(args)):
             session.reset()                   # another input signature ran last: a new generation
         if session.clock.tick(self._timestep_value(args)):
-            session.states.clear()
-        variant = self._variant_for(session.clock.step)
-        state = session.states.setdefault(session.clock.position, {})
-        wiring = self.variants[variant].meta["tokencache"]
-        missing = [k for k in wiring["state_in"] if k not in state]
-        if missing:   # cannot happen with a schedule that starts fresh; guard against misuse
-            variant, wiring = FRESH, self.variants[FRESH].meta["tokencache"]
-        full_args = [*args, *(state[k] for k in wiring["state_in"])]
+            session.reset(keep_clock=True)
+        step, position = session.clock.step, session.clock.position
+        variant = self._variant_for(step)
+        if variant == FRESH and position == 0:
+            session.fresh_steps.append(step)
+        state = session.states.setdefault(position, {})
+        full_args = self.assemble(variant, args, state, step, session.fresh_steps)
         with torch.no_grad():
-            fn = self._compiled(variant, full_args)
-            outs = fn(*full_args)
+            outs = self._compiled(variant, full_args)(*full_args)
+        wiring = self.variants[variant].meta["tokencache"]
         n = wiring["num_outputs"]
         state.update(zip(wiring["state_out"], outs[n:]))
         session.calls[variant] += 1
         session.last_call = next(_CALLS)
         return tuple(outs[:n])
+
+    def assemble(self, variant: str, args, state: dict, step: int, fresh_steps: list[int]) -> list:
+        """Graph inputs, then state inputs (zeros where a policy allows a cold start, e.g. Taylor
+        factors of orders not yet seen), then host-computed inputs (step distances, coefficients)."""
+        wiring = self.variants[variant].meta["tokencache"]
+        device = args[self.user_positions[0]].device if self.user_positions else None
+        for key in wiring["state_in"]:
+            if key not in state:
+                if key not in wiring.get("state_init", {}):
+                    raise RuntimeError(f"tokencache: variant {variant!r} needs state {key!r} that no earlier step "
+                                       "produced; the schedule must start with a fresh step")
+                shape, dtype = wiring["state_init"][key]
+                state[key] = torch.zeros(shape, dtype=dtype, device=device)
+        host = self.policy.host_inputs(variant, step, fresh_steps, self.config) if wiring.get("host_in") else {}
+        host = [host[name].to(device) for name in wiring.get("host_in", [])]
+        return [*args, *(state[k] for k in wiring["state_in"]), *host]
 
     def _timestep_value(self, args) -> float | None:
         if self.timestep is None:
@@ -109,19 +125,24 @@ class CacheRuntime:
                      for i in self.user_positions)
 
     def variant_flops(self) -> dict[str, int]:
-        """FLOPs of one call of each variant, counted by running its graph eagerly once."""
+        """FLOPs of one call of each variant, counted by running its graph eagerly once, in
+        schedule order so that every variant sees state of the right shapes."""
         from torch.utils.flop_counter import FlopCounterMode
 
         state: dict[str, torch.Tensor] = {}
-        flops = {}
-        order = list(dict.fromkeys(self.schedule))
+        flops: dict[str, int] = {}
+        fresh_steps: list[int] = []
         with torch.no_grad():
-            for name in order:
+            for step, name in enumerate(self.schedule):
+                if name in flops:
+                    continue
+                if name == FRESH:
+                    fresh_steps.append(step)
+                args = self.assemble(name, self.example_inputs, state, step, fresh_steps)
                 gm = self.variants[name]
-                wiring = gm.meta["tokencache"]
                 with FlopCounterMode(display=False) as counter:
-                    outs = gm(*self.example_inputs, *(state[k] for k in wiring["state_in"]))
-                state.update(zip(wiring["state_out"], outs[wiring["num_outputs"]:]))
+                    outs = gm(*args)
+                state.update(zip(gm.meta["tokencache"]["state_out"], outs[gm.meta["tokencache"]["num_outputs"]:]))
                 flops[name] = int(counter.get_total_flops())
         return flops
 
@@ -151,11 +172,14 @@ class Session:
         self.clock = StepClock(num_steps)
         self.states: dict[int, dict[str, torch.Tensor]] = {}
         self.calls: Counter = Counter()
+        self.fresh_steps: list[int] = []   # steps of this generation that ran fresh (Taylor history)
         self.last_call = -1
 
-    def reset(self) -> None:
-        self.clock.reset()
+    def reset(self, keep_clock: bool = False) -> None:
+        if not keep_clock:
+            self.clock.reset()
         self.states.clear()
+        self.fresh_steps.clear()
 
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in self.states.values() for t in s.values()

@@ -1,0 +1,23 @@
+"""forecast (TaylorSeer): regions are not computed; their output is predicted from the stored
+Taylor factors with host-computed coefficients, one graph for every distance to the last fresh step."""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..compiler.regions import Region
+from . import token_ops
+from .graph_edit import add_host_input, add_state_input, copy_module, finish, node_by_name, replace_uses_outside
+from .taylor_store import factors_key
+
+
+def forecast(gm: fx.GraphModule, regions: list[Region]) -> fx.GraphModule:
+    gm = copy_module(gm)
+    factors = {r.name: add_state_input(gm, factors_key(r)) for r in regions}
+    coef = add_host_input(gm, "taylor_coef")
+    for region in regions:
+        out = node_by_name(gm, region.output)
+        dtype = out.meta["example_value"].dtype
+        with gm.graph.inserting_after(out):
+            predicted = gm.graph.call_function(token_ops.taylor_predict, (factors[region.name], coef, dtype))
+        replace_uses_outside(out, predicted, set(region.nodes))
+    return finish(gm)
