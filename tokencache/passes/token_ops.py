@@ -105,16 +105,23 @@ def random_scores(state: torch.Tensor, batch: int) -> torch.Tensor:
 # host passes the step distances, so one graph serves every spacing; orders the history cannot
 # support yet are multiplied by valid = 0 (zeros, not another graph).
 
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    """At least float32 for the differences, whatever the storage dtype."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 def taylor_update(y: torch.Tensor, old: torch.Tensor, dist: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    terms = [y.float()]
+    work = _work_dtype(old)
+    terms = [y.to(work)]
     for i in range(old.shape[0] - 1):
-        terms.append(valid[i] * (terms[i] - old[i].float()) / dist[i])
+        terms.append(valid[i] * (terms[i] - old[i].to(work)) / dist[i])
     return torch.stack(terms).to(old.dtype)
 
 
 def taylor_predict(factors: torch.Tensor, coef: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """sum_i coef[i] * factor[i]; coef[i] = prod_{j<i} (s - s_{n-j}) from the host."""
-    out = (coef.to(torch.float32).reshape(-1, *([1] * (factors.dim() - 1))) * factors.float()).sum(0)
+    work = _work_dtype(factors)
+    out = (coef.to(work).reshape(-1, *([1] * (factors.dim() - 1))) * factors.to(work)).sum(0)
     return out.to(dtype)
 
 

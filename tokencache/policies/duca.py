@@ -4,10 +4,12 @@ reuse every region (FORA-like) or, with aggressive="skip", skip all blocks. Toke
 random by default (in-graph, seeded, the same tokens for both CFG halves)."""
 from __future__ import annotations
 
-from ..passes import fresh, partial, reuse
+from ..passes import fresh, reuse
 from ..passes.skip import LAST_BLOCK_KEY, skip
 from .base import FRESH, is_fresh_step
-from .toca import TocaPolicy, split_regions
+from .toca import TocaPolicy, split_regions, step_buckets
+
+AGGRESSIVE = "aggressive"
 
 
 class DucaPolicy(TocaPolicy):
@@ -19,8 +21,19 @@ class DucaPolicy(TocaPolicy):
             reason = f"aggressive='skip' needs one output tensor leaving block {analysis.blocks[-1]}"
         return reason
 
+    def cached_steps(self, config):
+        """Only the conservative steps run a partial graph."""
+        return [s for s, kind in enumerate(self._kinds(config)) if kind == "partial"]
+
+    def _kinds(self, config) -> list[str]:
+        kinds, since = [], 0
+        for step in range(config.num_steps):
+            since = 0 if is_fresh_step(step, config) else since + 1
+            kinds.append(FRESH if since == 0 else "partial" if since % 2 == 1 else AGGRESSIVE)
+        return kinds
+
     def variants(self, gm, analysis, config):
-        whole, tokenwise = split_regions(analysis, config)
+        _, tokenwise = split_regions(analysis, config)
         selection = config.selection_for(self.name)
         keep = {}
         if config.aggressive == "skip":
@@ -30,16 +43,8 @@ class DucaPolicy(TocaPolicy):
         else:
             aggressive = reuse(gm, analysis.regions)
         return {FRESH: fresh(gm, analysis.regions, tokenwise, selection, config.seed, keep),
-                "partial": partial(reuse(gm, whole), tokenwise, config, selection),
-                "aggressive": aggressive}
+                **self.partial_variants(gm, analysis, config, selection), AGGRESSIVE: aggressive}
 
     def schedule(self, config):
-        out, since = [], 0
-        for step in range(config.num_steps):
-            if is_fresh_step(step, config):
-                out.append(FRESH)
-                since = 0
-            else:
-                since += 1
-                out.append("partial" if since % 2 == 1 else "aggressive")
-        return out
+        buckets = step_buckets(config, self.cached_steps(config))
+        return [buckets[s][0] if kind == "partial" else kind for s, kind in enumerate(self._kinds(config))]

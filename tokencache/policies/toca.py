@@ -3,11 +3,14 @@
 Self-attention is reused whole under attention="reuse" (ToCa's published choice) and computed for
 the selected queries against all keys under attention="tokens". Cross-attention and feed-forward
 regions are always token-wise: they treat tokens independently, so K rows are exact.
+
+ToCa's varying ratios: a layer factor gives every block its own K (free: blocks are unrolled in the
+graph); a step factor is quantised into at most `ratio_buckets` values, one partial graph each.
 """
 from __future__ import annotations
 
 from ..passes import fresh, partial, reuse, tokens_for
-from .base import FRESH, interval_schedule
+from .base import FRESH, interval_schedule, is_fresh_step
 
 
 def split_regions(analysis, config):
@@ -15,6 +18,35 @@ def split_regions(analysis, config):
     whole = [r for r in analysis.regions if r.kind == "self_attention" and config.attention == "reuse"]
     tokenwise = [r for r in analysis.regions if r not in whole]
     return whole, tokenwise
+
+
+def step_buckets(config, cached_steps: list[int]) -> dict[int, tuple[str, float]]:
+    """Cached step -> (partial variant name, step factor). One variant when step_weight is 0."""
+    if config.step_weight == 0 or not cached_steps:
+        return {s: ("partial", 1.0) for s in cached_steps}
+    n, w = config.num_steps, config.step_weight
+    factor = {s: 1 + w - 2 * w * s / n for s in cached_steps}
+    ordered = sorted(cached_steps, key=factor.get)
+    count = min(config.ratio_buckets, len(ordered))
+    out = {}
+    for b in range(count):                       # equal-count groups, each at its mean factor
+        group = ordered[b * len(ordered) // count:(b + 1) * len(ordered) // count]
+        mean = sum(factor[s] for s in group) / len(group)
+        out.update({s: (f"partial{b}", mean) for s in group})
+    return out
+
+
+def layer_factor(analysis, region, config) -> float:
+    blocks = len(analysis.blocks)
+    if config.layer_weight == 0 or blocks < 2:
+        return 1.0
+    index = analysis.blocks.index(region.block)
+    return 1 + config.layer_weight - 2 * config.layer_weight * index / (blocks - 1)
+
+
+def region_ratios(analysis, regions, config, step_factor: float) -> dict[str, float]:
+    return {r.name: min(1.0, max(0.0, config.ratio * step_factor * layer_factor(analysis, r, config)))
+            for r in regions}
 
 
 class TocaPolicy:
@@ -29,17 +61,35 @@ class TocaPolicy:
             return "token-wise caching needs token-local regions; " + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
         return None
 
-    def variants(self, gm, analysis, config):
+    def cached_steps(self, config) -> list[int]:
+        """Steps that run a partial graph."""
+        return [s for s in range(config.num_steps) if not is_fresh_step(s, config)]
+
+    def partial_variants(self, gm, analysis, config, selection):
         whole, tokenwise = split_regions(analysis, config)
-        return {FRESH: fresh(gm, analysis.regions, tokenwise),
-                "partial": partial(reuse(gm, whole), tokenwise, config)}
+        base = reuse(gm, whole)
+        buckets = dict(step_buckets(config, self.cached_steps(config)).values()) or {"partial": 1.0}
+        return {name: partial(base, tokenwise, config, selection, region_ratios(analysis, tokenwise, config, f))
+                for name, f in buckets.items()}
+
+    def variants(self, gm, analysis, config):
+        _, tokenwise = split_regions(analysis, config)
+        selection = config.selection_for(self.name)
+        return {FRESH: fresh(gm, analysis.regions, tokenwise, selection, config.seed),
+                **self.partial_variants(gm, analysis, config, selection)}
 
     def schedule(self, config):
-        return interval_schedule(config, "partial")
+        buckets = step_buckets(config, self.cached_steps(config))
+        return [buckets[s][0] if s in buckets else FRESH for s in range(config.num_steps)]
 
     def computed_tokens(self, analysis, config):
+        """Tokens per region in a cached step (at the mean step factor when steps vary)."""
         whole, tokenwise = split_regions(analysis, config)
-        return {**{r.name: 0 for r in whole}, **{r.name: tokens_for(r, config.ratio) for r in tokenwise}}
+        ratios = region_ratios(analysis, tokenwise, config, 1.0)
+        return {**{r.name: 0 for r in whole}, **{r.name: tokens_for(r, ratios[r.name]) for r in tokenwise}}
 
     def host_inputs(self, variant, step, fresh_steps, config):
         return {}
+
+
+__all__ = ["TocaPolicy", "interval_schedule", "split_regions"]
