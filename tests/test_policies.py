@@ -13,6 +13,7 @@ from tiny_models import ALL_CASES, generate, noise, rel_err
 
 
 @pytest.mark.parametrize("options", [dict(policy="taylorseer", interval=1, order=3),
+                                     dict(policy="clusca", interval=1, clusters=4),
                                      dict(policy="duca", interval=1),
                                      dict(policy="duca", interval=1, aggressive="skip"),
                                      dict(policy="toca", interval=1, step_weight=0.5, layer_weight=0.3)])
@@ -133,7 +134,8 @@ def test_taylorseer_exact_on_polynomial_region():
 
 @pytest.mark.parametrize("options", [dict(policy="fora"), dict(policy="toca"), dict(policy="duca"),
                                      dict(policy="duca", aggressive="skip"), dict(policy="taylorseer", order=2),
-                                     dict(policy="toca", step_weight=0.4, layer_weight=0.2)])
+                                     dict(policy="toca", step_weight=0.4, layer_weight=0.2),
+                                     dict(policy="clusca", clusters=4)])
 def test_zero_recompiles_over_two_generations(options):
     case = ALL_CASES["diffusers_dit"]()
     compiled = tokencache.compile(case.build(), num_steps=12, interval=3, inner="eager", **options)
@@ -190,3 +192,45 @@ def test_flop_reductions_per_policy():
         ratios[name] = report["flops_per_generation"] / report["flops_uncached_generation"]
     assert ratios["taylorseer"] < 0.4 and ratios["duca"] < 0.45 and ratios["duca_skip"] < 0.45
     assert ratios["toca_buckets"] < 0.5
+
+
+def _blobs(seed=0, per=20, clusters=4, dim=8):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, dim, generator=g) * 10
+    truth = torch.arange(clusters).repeat_interleave(per)[torch.randperm(clusters * per, generator=g)]
+    x = centres[truth] + 0.1 * torch.randn(clusters * per, dim, generator=g)
+    return x.unsqueeze(0), truth
+
+
+def _same_partition(a, b):
+    pairs_a = a.unsqueeze(0) == a.unsqueeze(1)
+    return torch.equal(pairs_a, b.unsqueeze(0) == b.unsqueeze(1))
+
+
+def test_kmeans_recovers_separable_clusters_and_warm_start_is_stable():
+    from tokencache.passes.cluster_ops import kmeans
+    x, truth = _blobs()
+    labels, centroids = kmeans(x, torch.zeros(1, 4, 8), iterations=10)
+    assert _same_partition(labels[0], truth)
+    moved = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    again, _ = kmeans(moved, centroids, iterations=1)                  # warm start from the last centroids
+    assert torch.equal(again, labels)                                   # same cluster ids, not just partition
+
+
+def test_clusca_with_one_cluster_per_token_computes_the_feed_forward_exactly():
+    """clusters = N and gamma = 0: every token is its own representative, so after a cached step
+    each feed-forward's factor 0 holds its true output at that step (what ratio 1.0 would compute)."""
+    model = PolyDiT().eval()
+    compiled = tokencache.compile(model, policy="clusca", clusters=9, gamma=0.0, order=1, interval=3,
+                                  num_steps=10, inner="eager")
+    x = torch.zeros(2, 1)
+    with torch.no_grad():
+        for t in (1000.0, 900.0):                                           # fresh, then a cached step
+            compiled(x, torch.tensor([t, t]))
+        session = tokencache._sessions(compiled)[0][1]
+        assert tokencache.report(compiled)["variants"]["clusters"]["calls"] == 1
+        tau = torch.tensor(0.9)
+        h = model.base + model.u * tau + model.v * tau * tau
+        for i, block in enumerate(model.blocks):
+            stored = session.states[0][f"taylor:blocks.{i}.ff"][0]
+            torch.testing.assert_close(stored, block["ff"](h).expand(2, -1, -1), rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-POLICIES = ("none", "fora", "toca", "duca", "taylorseer")
+POLICIES = ("none", "fora", "toca", "duca", "taylorseer", "clusca")
 ATTENTION_MODES = ("reuse", "tokens")
 SELECTIONS = ("auto", "score", "random")
 AGGRESSIVE = ("reuse", "skip")
@@ -43,6 +43,9 @@ class CacheConfig:
                  ratio * (1 + w_s - 2 w_s s/n) * (1 + w_l - 2 w_l l/(L-1)) for step s of n and block
                  l of L; the step factor is quantised to at most `ratio_buckets` values, one
                  partial graph each (layer factors are free: every block is its own code).
+    clusters, gamma, cluster_layer, kmeans_iters: ClusCa: k-means clusters (= tokens computed per
+                 feed-forward region in cached steps), propagation weight, the block whose output
+                 is clustered (-1 = last), Lloyd iterations per fresh step.
     timestep_input: name of the forward() argument holding the timestep ("auto" guesses it);
                  the runtime uses it to tell steps, CFG calls and new generations apart.
     """
@@ -69,6 +72,10 @@ class CacheConfig:
     step_weight: float = 0.0
     layer_weight: float = 0.0
     ratio_buckets: int = 3
+    clusters: int = 16
+    gamma: float = 0.005
+    cluster_layer: int = -1
+    kmeans_iters: int = 10
 
     def __post_init__(self):
         _choice("policy", self.policy, POLICIES)
@@ -83,6 +90,12 @@ class CacheConfig:
         _choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         _int_at_least("seed", self.seed, 0)
         _int_at_least("ratio_buckets", self.ratio_buckets, 1)
+        _int_at_least("clusters", self.clusters, 1)
+        _int_at_least("kmeans_iters", self.kmeans_iters, 1)
+        if not isinstance(self.cluster_layer, int) or isinstance(self.cluster_layer, bool):
+            raise ValueError(f"tokencache option 'cluster_layer' must be an integer block index, got {self.cluster_layer!r}")
+        if not isinstance(self.gamma, (int, float)) or isinstance(self.gamma, bool) or not 0 <= self.gamma <= 1:
+            raise ValueError(f"tokencache option 'gamma' must be a number in [0, 1], got {self.gamma!r}")
         if not isinstance(self.order, int) or isinstance(self.order, bool) or not 1 <= self.order <= 4:
             raise ValueError(f"tokencache option 'order' must be an integer in 1..4, got {self.order!r}")
         for name in ("step_weight", "layer_weight"):

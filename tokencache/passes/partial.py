@@ -32,8 +32,39 @@ def partial(gm: fx.GraphModule, regions: list[Region], config: CacheConfig, sele
     return finish(gm)
 
 
+class Emitter:
+    """Appends call_function nodes one after another, starting after `anchor`."""
+
+    def __init__(self, graph: fx.Graph, anchor: fx.Node):
+        self.graph, self.anchor = graph, anchor
+
+    def __call__(self, fn, *args) -> fx.Node:
+        with self.graph.inserting_after(self.anchor):
+            self.anchor = self.graph.call_function(fn, args)
+        return self.anchor
+
+    def copy(self, node: fx.Node, env: dict) -> fx.Node:
+        with self.graph.inserting_after(self.anchor):
+            self.anchor = self.graph.node_copy(node, lambda a: env.get(a, a))
+        return self.anchor
+
+
+def region_on_rows(gm: fx.GraphModule, region: Region, index: fx.Node, k: int, emit: Emitter):
+    """Gather the region input's rows `index` (B, K) and run the region's token path on them.
+
+    Returns (gathered input rows, output rows (B, K, C'), names of the nodes created)."""
+    x, out = node_by_name(gm, region.input), node_by_name(gm, region.output)
+    rows = emit(token_ops.gather_rows, x, index)
+    env = {x: rows}
+    for node in (n for n in gm.graph.nodes if n.name in region.token_axes and n is not x):
+        copy = emit.copy(node, env)
+        copy.meta.pop("example_value", None)
+        _resize(copy, region.token_axes[node.name], region.tokens, k)
+        env[node] = copy
+    return rows, env[out], {n.name for n in env.values()}
+
+
 def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection: str, k: int) -> None:
-    graph = gm.graph
     cache = add_state_input(gm, f"cache:{region.name}")
     if selection == "random":
         rng = add_state_input(gm, f"rng:{region.name}")
@@ -41,17 +72,9 @@ def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection:
         ref = add_state_input(gm, f"ref:{region.name}")
         stale = add_state_input(gm, f"stale:{region.name}")
     x, out = node_by_name(gm, region.input), node_by_name(gm, region.output)
-    members = [n for n in graph.nodes if n.name in set(region.nodes)]
-    path = [n for n in members if n.name in region.token_axes and n is not x]
+    last_member = [n for n in gm.graph.nodes if n.name in set(region.nodes)][-1]
+    emit = Emitter(gm.graph, last_member)     # new nodes go after the region, in order
     pair = config.cfg_shared_tokens and region.batch >= 2 and region.batch % 2 == 0
-    anchor = members[-1]   # new nodes go after the region, each after the previous one
-
-    def emit(fn, *args):
-        nonlocal anchor
-        with graph.inserting_after(anchor):
-            anchor = graph.call_function(fn, args)
-        return anchor
-
     if selection == "random":
         new_rng = emit(token_ops.next_random, rng)
         score = emit(token_ops.random_scores, new_rng, region.batch)
@@ -59,21 +82,14 @@ def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection:
         score = emit(token_ops.token_scores, x, ref, stale, config.interval, float(config.dynamics_weight),
                      float(config.staleness_weight), pair, config.spatial_grid, float(config.spatial_bonus))
     index = emit(token_ops.top_tokens, score, k)
-    rows = emit(token_ops.gather_rows, x, index)
-    env = {x: rows}
-    for node in path:
-        with graph.inserting_after(anchor):
-            anchor = graph.node_copy(node, lambda a: env.get(a, a))
-        anchor.meta.pop("example_value", None)
-        _resize(anchor, region.token_axes[node.name], region.tokens, k)
-        env[node] = anchor
-    new_cache = emit(token_ops.scatter_rows, cache, index, env[out])
+    rows, out_rows, created = region_on_rows(gm, region, index, k, emit)
+    new_cache = emit(token_ops.scatter_rows, cache, index, out_rows)
     if selection == "random":
         state = {f"rng:{region.name}": new_rng}
     else:
         state = {f"stale:{region.name}": emit(token_ops.age_staleness, stale, index),
                  f"ref:{region.name}": emit(token_ops.scatter_rows, ref, index, rows)}
-    replace_uses_outside(out, new_cache, set(region.nodes) | {n.name for n in env.values()})
+    replace_uses_outside(out, new_cache, set(region.nodes) | created)
     add_state_outputs(gm, {f"cache:{region.name}": new_cache, **state})
 
 

@@ -1,5 +1,6 @@
 """Policies by name: each is a schedule plus the passes that build its variants."""
 from .base import FRESH, Policy, is_fresh_step
+from .clusca import ClusCaPolicy
 from .duca import DucaPolicy
 from .fora import ForaPolicy
 from .none import NonePolicy
@@ -7,7 +8,7 @@ from .taylorseer import TaylorSeerPolicy
 from .toca import TocaPolicy
 
 POLICIES = {"none": NonePolicy(), "fora": ForaPolicy(), "toca": TocaPolicy(), "duca": DucaPolicy(),
-            "taylorseer": TaylorSeerPolicy()}
+            "taylorseer": TaylorSeerPolicy(), "clusca": ClusCaPolicy()}
 
 
 def get_policy(name: str) -> Policy:
