@@ -4,7 +4,7 @@ import torch
 
 import tokencache
 from tokencache.compiler.backend import TokenCacheError
-from tiny_models import ALL_CASES, generate, noise, rel_err, sana_case
+from tiny_models import ALL_CASES, NoBlocksModel, generate, noise, rel_err, sana_case
 
 
 @pytest.mark.parametrize("options, named", [
@@ -72,17 +72,8 @@ def test_conv_feed_forward_still_reusable_by_fora():
     assert report["fallback_reason"] is None and report["variants"]["reuse"]["calls"] == 5
 
 
-class NoBlocks(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16)
-
-    def forward(self, x, timestep):
-        return self.b(torch.relu(self.a(x))) * timestep[:, None]
-
-
 def test_unknown_architecture_falls_back():
-    model = NoBlocks()
+    model = NoBlocksModel()
     compiled = tokencache.compile(model, policy="fora", inner="eager")
     x, t = torch.randn(2, 16), torch.tensor([1.0, 1.0])
     with pytest.warns(UserWarning, match="no transformer blocks"):
@@ -93,4 +84,4 @@ def test_unknown_architecture_falls_back():
 
 def test_report_before_first_call_is_a_clear_error():
     with pytest.raises(ValueError, match="first call"):
-        tokencache.report(tokencache.compile(NoBlocks()))
+        tokencache.report(tokencache.compile(NoBlocksModel()))

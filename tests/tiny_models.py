@@ -144,3 +144,14 @@ def sana_case() -> Case:
         torch.manual_seed(0)
         return SanaStyle().eval()
     return Case("sana_style", build, (4, 4, 4), lambda m, x, t: m(x, t))
+
+
+class NoBlocksModel(nn.Module):
+    """An MLP with no transformer blocks: nothing for tokencache to cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x, timestep):
+        return self.b(torch.relu(self.a(x))) * timestep[:, None]

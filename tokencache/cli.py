@@ -35,6 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--inner", choices=["inductor", "eager"], default=None, help="default inductor; eager with --quick")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))
     demo.add_argument("--quick", action="store_true", help="small and eager: under a minute on 2 CPU cores")
+
+    prof = sub.add_parser("profile", help="latency, FLOPs and fidelity: uncached vs tokencache, interleaved")
+    prof.add_argument("--model", default="embedded",
+                      help="embedded (default), dit-s, pixart-1k, or package.module:factory returning (model, forward kwargs)")
+    prof.add_argument("--policy", default="toca",
+                      help=f"one or more comma-separated policies to compare ({', '.join(p for p in POLICIES if p != 'none')})")
+    prof.add_argument("--interval", type=_positive_int, default=3)
+    prof.add_argument("--ratio", type=_ratio, default=0.25)
+    prof.add_argument("--steps", type=_positive_int, default=None, help="steps per generation (default 20; 8 with --quick)")
+    prof.add_argument("--rounds", type=_positive_int, default=None, help="interleaved timed rounds (default 5; 2 with --quick)")
+    prof.add_argument("--inner", choices=["inductor", "eager"], default=None, help="default inductor; eager with --quick")
+    prof.add_argument("--json", dest="json_path", default=None, help="write the full result as JSON here")
+    prof.add_argument("--plot", default=None, help="write a PNG: step timeline by variant, speed vs fidelity")
+    prof.add_argument("--trace", default=None, help="write a torch.profiler (chrome) trace of one cached generation")
+    prof.add_argument("--quick", action="store_true", help="few steps, eager, 2 rounds")
     return parser
 
 
@@ -56,6 +71,49 @@ def main(argv=None) -> int:
             return 2
         print(format_table(result))
         print("wrote " + ", ".join(result["files"]))
+    elif args.command == "profile":
+        return _profile(args)
+    return 0
+
+
+def _profile(args) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from .profiling.profile import CannotCache, format_table, run_profile
+    from .profiling.targets import TargetError, load_target
+
+    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    bad = [p for p in policies if p not in POLICIES or p == "none"]
+    if bad or not policies:
+        print(f"tokencache profile: unknown policy {bad[0] if bad else args.policy!r}; allowed: "
+              f"{', '.join(p for p in POLICIES if p != 'none')}", file=sys.stderr)
+        return 2
+    try:
+        target = load_target(args.model)
+    except TargetError as e:
+        print(f"tokencache profile: {e}", file=sys.stderr)
+        return 2
+    steps, rounds = args.steps or (8 if args.quick else 20), args.rounds or (2 if args.quick else 5)
+    inner = args.inner or ("eager" if args.quick else "inductor")
+    settings = {f"{p} N={args.interval}" + (f" r={args.ratio}" if p in ("toca", "duca") else ""):
+                {"policy": p, "interval": args.interval, "ratio": args.ratio} for p in policies}
+    try:
+        with tqdm(total=(1 + len(settings)) * (1 + rounds), desc="profiling (first pass compiles)") as bar:
+            result = run_profile(target, settings, steps=steps, rounds=rounds, inner=inner, trace=args.trace, progress=bar)
+    except CannotCache as e:
+        print(f"tokencache profile: {e}", file=sys.stderr)
+        return 3
+    print(format_table(result))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=1, default=str))
+        print(f"wrote {args.json_path}")
+    if args.plot:
+        from .profiling.plots import plot_profile
+        print(f"wrote {plot_profile(result, args.plot)}")
+    if args.trace:
+        print(f"wrote {args.trace}")
     return 0
 
 
