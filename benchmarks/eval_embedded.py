@@ -1,0 +1,61 @@
+"""Quality of the shipped embedded DiT: class accuracy and FD_clf of N generated samples, next to the
+real-data floor (FD_clf of N real training images against the test set).
+
+    python benchmarks/eval_embedded.py --samples 1000 --steps 50
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from datetime import date
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tokencache.models.classifier import accuracy, load_classifier
+from tokencache.models.data import load, to_image_space
+from tokencache.models.fashion_dit import load_default_model
+from tokencache.models.sampling import DEFAULT_GUIDANCE, make_noise, sample
+from tokencache.profiling.metrics import class_accuracy, classifier_features, frechet_distance
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--seed", type=int, default=1234)
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    model, clf = load_default_model(), load_classifier()
+    noise = make_noise(args.samples, args.seed)
+    labels = torch.arange(args.samples) % 10
+    start = time.time()
+    images = torch.cat([to_image_space(sample(model, noise[i:i + args.batch], labels[i:i + args.batch], args.steps, args.guidance))
+                        for i in tqdm(range(0, args.samples, args.batch), desc="sampling")])
+    seconds = time.time() - start
+    test_x, test_y = load("test")
+    test_images = to_image_space(test_x)
+    real_test = classifier_features(clf, test_images)
+    train_x, _ = load("train")
+    pick = np.random.default_rng(0).choice(len(train_x), args.samples, replace=False)
+    result = {
+        "samples": args.samples, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+        "class_accuracy": class_accuracy(clf, images, labels),
+        "fd_clf_vs_test": frechet_distance(classifier_features(clf, images), real_test),
+        "fd_clf_real_floor": frechet_distance(classifier_features(clf, to_image_space(train_x[pick])), real_test),
+        "classifier_test_accuracy": accuracy(clf, test_images, test_y),
+        "sampling_seconds": round(seconds, 1), "date": str(date.today()),
+    }
+    print(json.dumps(result, indent=1))
+    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+    with open(os.path.join(os.path.dirname(__file__), "results", "embedded_quality.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
