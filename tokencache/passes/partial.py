@@ -82,13 +82,14 @@ def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection:
         score = emit(token_ops.token_scores, x, ref, stale, config.interval, float(config.dynamics_weight),
                      float(config.staleness_weight), pair, config.spatial_grid, float(config.spatial_bonus))
     index = emit(token_ops.top_tokens, score, k)
-    rows, out_rows, created = region_on_rows(gm, region, index, k, emit)
+    _, out_rows, created = region_on_rows(gm, region, index, k, emit)
     new_cache = emit(token_ops.scatter_rows, cache, index, out_rows)
     if selection == "random":
         state = {f"rng:{region.name}": new_rng}
     else:
-        state = {f"stale:{region.name}": emit(token_ops.age_staleness, stale, index),
-                 f"ref:{region.name}": emit(token_ops.scatter_rows, ref, index, rows)}
+        # `ref` stays the fresh step's input: dynamics = change since the last fresh step, and no
+        # full-size copy of the snapshot per step
+        state = {f"stale:{region.name}": emit(token_ops.age_staleness, stale, index)}
     replace_uses_outside(out, new_cache, set(region.nodes) | created)
     add_state_outputs(gm, {f"cache:{region.name}": new_cache, **state})
 

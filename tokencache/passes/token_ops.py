@@ -6,8 +6,8 @@ eager execution all see plain tensor ops: no host syncs, no data-dependent shape
 
 Score of token i in a region (higher = recomputed first):
     dynamics_weight * d_i / max_j d_j  +  staleness_weight * stale_i / interval
-where d_i = |x_i - ref_i| / |ref_i| is how much the region's input row changed since that token's
-cached output was last computed, and stale_i counts the steps since then (ToCa's s3). On a square
+where d_i = |x_i - ref_i| / |ref_i| is how much the region's input row changed since the last fresh
+step, and stale_i counts the steps since the token's cached output was computed (ToCa's s3). On a square
 token grid the best token of every g x g cell then gets its score multiplied by (1 + bonus), which
 spreads recomputed tokens over the image (ToCa's s4). With `pair_halves`, the two halves of the
 batch ([cond; uncond] under classifier-free guidance) share one score and so the same tokens.
