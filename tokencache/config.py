@@ -78,36 +78,20 @@ class CacheConfig:
     kmeans_iters: int = 10
 
     def __post_init__(self):
-        _choice("policy", self.policy, POLICIES)
-        _choice("attention", self.attention, ATTENTION_MODES)
-        _choice("inner", self.inner, INNER_BACKENDS)
-        _int_at_least("interval", self.interval, 1)
-        _int_at_least("num_steps", self.num_steps, 1)
-        _int_at_least("warmup", self.warmup, 0)
-        _int_at_least("spatial_grid", self.spatial_grid, 1)
-        _choice("selection", self.selection, SELECTIONS)
-        _choice("aggressive", self.aggressive, AGGRESSIVE)
-        _choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
-        _int_at_least("seed", self.seed, 0)
-        _int_at_least("ratio_buckets", self.ratio_buckets, 1)
-        _int_at_least("clusters", self.clusters, 1)
-        _int_at_least("kmeans_iters", self.kmeans_iters, 1)
-        if not isinstance(self.cluster_layer, int) or isinstance(self.cluster_layer, bool):
-            raise ValueError(f"tokencache option 'cluster_layer' must be an integer block index, got {self.cluster_layer!r}")
-        if not isinstance(self.gamma, (int, float)) or isinstance(self.gamma, bool) or not 0 <= self.gamma <= 1:
-            raise ValueError(f"tokencache option 'gamma' must be a number in [0, 1], got {self.gamma!r}")
-        if not isinstance(self.order, int) or isinstance(self.order, bool) or not 1 <= self.order <= 4:
-            raise ValueError(f"tokencache option 'order' must be an integer in 1..4, got {self.order!r}")
+        for name, allowed in (("policy", POLICIES), ("attention", ATTENTION_MODES), ("inner", INNER_BACKENDS),
+                              ("selection", SELECTIONS), ("aggressive", AGGRESSIVE), ("cache_dtype", CACHE_DTYPES)):
+            _choice(name, getattr(self, name), allowed)
+        for name, low in (("interval", 1), ("num_steps", 1), ("warmup", 0), ("spatial_grid", 1), ("seed", 0),
+                          ("ratio_buckets", 1), ("clusters", 1), ("kmeans_iters", 1)):
+            _int_at_least(name, self.__dict__[name], low)
+        _int_at_least("order", self.order, 1, high=4)
+        _int_at_least("cluster_layer", self.cluster_layer, None)
+        _number("ratio", self.ratio, 0.0, 1.0, low_open=True)
+        _number("gamma", self.gamma, 0.0, 1.0)
         for name in ("step_weight", "layer_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not -1 <= value <= 1:
-                raise ValueError(f"tokencache option {name!r} must be a number in [-1, 1], got {value!r}")
-        if not isinstance(self.ratio, (int, float)) or isinstance(self.ratio, bool) or not 0.0 < self.ratio <= 1.0:
-            raise ValueError(f"tokencache option 'ratio' must be a number in (0, 1], got {self.ratio!r}")
+            _number(name, getattr(self, name), -1.0, 1.0)
         for name in ("staleness_weight", "dynamics_weight", "spatial_bonus"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"tokencache option {name!r} must be a number >= 0, got {value!r}")
+            _number(name, getattr(self, name), 0.0, None)
         for name in ("strict", "cfg_shared_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"tokencache option {name!r} must be True or False, got {getattr(self, name)!r}")
@@ -148,6 +132,18 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"tokencache option {name!r} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
-def _int_at_least(name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"tokencache option {name!r} must be an integer >= {low}, got {value!r}")
+def _int_at_least(name: str, value: Any, low: int | None, high: int | None = None) -> None:
+    if (not isinstance(value, int) or isinstance(value, bool) or (low is not None and value < low)
+            or (high is not None and value > high)):
+        allowed = "an integer" + (f" >= {low}" if high is None and low is not None else "") + (
+            f" in {low}..{high}" if high is not None else "")
+        raise ValueError(f"tokencache option {name!r} must be {allowed}, got {value!r}")
+
+
+def _number(name: str, value: Any, low: float, high: float | None, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        lo = f"({low:g}" if low_open else f"[{low:g}"
+        allowed = f"a number >= {low:g}" if high is None else f"a number in {lo}, {high:g}]"
+        raise ValueError(f"tokencache option {name!r} must be {allowed}, got {value!r}")
