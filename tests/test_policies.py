@@ -135,7 +135,8 @@ def test_taylorseer_exact_on_polynomial_region():
 @pytest.mark.parametrize("options", [dict(policy="fora"), dict(policy="toca"), dict(policy="duca"),
                                      dict(policy="duca", aggressive="skip"), dict(policy="taylorseer", order=2),
                                      dict(policy="toca", step_weight=0.4, layer_weight=0.2),
-                                     dict(policy="clusca", clusters=4)])
+                                     dict(policy="clusca", clusters=4),
+                                     dict(policy="duca", selection="vnorm")])
 def test_zero_recompiles_over_two_generations(options):
     case = ALL_CASES["diffusers_dit"]()
     compiled = tokencache.compile(case.build(), num_steps=12, interval=3, inner="eager", **options)
@@ -234,3 +235,20 @@ def test_clusca_with_one_cluster_per_token_computes_the_feed_forward_exactly():
         for i, block in enumerate(model.blocks):
             stored = session.states[0][f"taylor:blocks.{i}.ff"][0]
             torch.testing.assert_close(stored, block["ff"](h).expand(2, -1, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_value_norm_prior_prefers_small_values():
+    value = torch.ones(1, 2, 5, 4)
+    value[:, :, 3] = 0.1                                                   # token 3: small values in every head
+    prior = token_ops.value_norm_prior(value)
+    assert prior.argmax().item() == 3 and prior.min() >= 0
+
+
+def test_vnorm_selection_needs_self_attention_in_every_block():
+    from tiny_models import sana_case
+    case = ALL_CASES["pixart"]()
+    compiled = tokencache.compile(case.build(), policy="duca", selection="vnorm", num_steps=10, inner="eager")
+    generate(case, compiled, noise(case))
+    report = tokencache.report(compiled)
+    assert report["fallback_reason"] is None
+    assert any(k.startswith("vnorm:") for k in report["variants"]["fresh"]["state_out"])

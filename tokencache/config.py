@@ -7,7 +7,7 @@ from typing import Any
 
 POLICIES = ("none", "fora", "toca", "duca", "taylorseer", "clusca")
 ATTENTION_MODES = ("reuse", "tokens")
-SELECTIONS = ("auto", "score", "random")
+SELECTIONS = ("auto", "score", "random", "vnorm")
 AGGRESSIVE = ("reuse", "skip")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 INNER_BACKENDS = ("eager", "inductor")
@@ -33,7 +33,9 @@ class CacheConfig:
                  every grid cell so that recomputed tokens spread over the image.
     cfg_shared_tokens: both halves of an even batch ([cond; uncond]) pick the same tokens.
     selection:   token selection in token-wise steps: "score" (above), "random" (in-graph seeded
-                 generator, the same tokens for every sample), "auto" (toca: score, duca: random).
+                 generator, the same tokens for every sample), "vnorm" (DuCa's value-vector norms
+                 of the block's self-attention at the last fresh step, plus staleness and the
+                 spatial bonus), "auto" (toca: score, duca: random).
     seed:        seed of the random selection.
     aggressive:  DuCa's aggressive steps: "reuse" every region (FORA) or "skip" all blocks (only
                  the layers after the last block run, on its cached output).

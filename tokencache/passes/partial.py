@@ -24,7 +24,7 @@ def tokens_for(region: Region, ratio: float) -> int:
 
 def partial(gm: fx.GraphModule, regions: list[Region], config: CacheConfig, selection: str = "score",
             ratios: dict[str, float] | None = None) -> fx.GraphModule:
-    """`selection`: "score" or "random" (see token_ops); `ratios`: per-region ratio overrides."""
+    """`selection`: "score", "random" or "vnorm" (see token_ops); `ratios`: per-region ratio overrides."""
     gm = copy_module(gm)
     for region in regions:
         ratio = (ratios or {}).get(region.name, config.ratio)
@@ -69,7 +69,7 @@ def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection:
     if selection == "random":
         rng = add_state_input(gm, f"rng:{region.name}")
     else:
-        ref = add_state_input(gm, f"ref:{region.name}")
+        prior = add_state_input(gm, f"{'vnorm' if selection == 'vnorm' else 'ref'}:{region.name}")
         stale = add_state_input(gm, f"stale:{region.name}")
     x, out = node_by_name(gm, region.input), node_by_name(gm, region.output)
     last_member = [n for n in gm.graph.nodes if n.name in set(region.nodes)][-1]
@@ -78,8 +78,11 @@ def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection:
     if selection == "random":
         new_rng = emit(token_ops.next_random, rng)
         score = emit(token_ops.random_scores, new_rng, region.batch)
+    elif selection == "vnorm":
+        score = emit(token_ops.prior_scores, prior, stale, config.interval, float(config.dynamics_weight),
+                     float(config.staleness_weight), pair, config.spatial_grid, float(config.spatial_bonus))
     else:
-        score = emit(token_ops.token_scores, x, ref, stale, config.interval, float(config.dynamics_weight),
+        score = emit(token_ops.token_scores, x, prior, stale, config.interval, float(config.dynamics_weight),
                      float(config.staleness_weight), pair, config.spatial_grid, float(config.spatial_bonus))
     index = emit(token_ops.top_tokens, score, k)
     _, out_rows, created = region_on_rows(gm, region, index, k, emit)

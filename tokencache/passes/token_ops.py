@@ -26,9 +26,15 @@ def token_scores(x: torch.Tensor, ref: torch.Tensor, stale: torch.Tensor, interv
                  grid: int, bonus: float) -> torch.Tensor:
     change = torch.linalg.vector_norm((x - ref).float(), dim=-1)
     size = torch.linalg.vector_norm(ref.float(), dim=-1) + _EPS
-    dynamics = change / size
-    dynamics = dynamics / (dynamics.amax(dim=-1, keepdim=True) + _EPS)
-    score = dynamics_weight * dynamics + (staleness_weight / interval) * stale
+    return prior_scores(change / size, stale, interval, dynamics_weight, staleness_weight, pair_halves, grid, bonus)
+
+
+def prior_scores(prior: torch.Tensor, stale: torch.Tensor, interval: int, weight: float, staleness_weight: float,
+                 pair_halves: bool, grid: int, bonus: float) -> torch.Tensor:
+    """Shared tail of every score: a per-token prior (B, N) scaled to max 1, plus staleness,
+    the CFG-halves average and the spatial bonus."""
+    prior = prior / (prior.amax(dim=-1, keepdim=True) + _EPS)
+    score = weight * prior + (staleness_weight / interval) * stale
     if pair_halves:
         half = score.shape[0] // 2
         shared = 0.5 * (score[:half] + score[half:])
@@ -36,6 +42,13 @@ def token_scores(x: torch.Tensor, ref: torch.Tensor, stale: torch.Tensor, interv
     if bonus > 0 and spatial_grid_ok(score.shape[1], grid):
         score = score * (1.0 + bonus * cell_winners(score, grid))
     return score
+
+
+def value_norm_prior(value: torch.Tensor) -> torch.Tensor:
+    """DuCa's "V" criterion from a fresh step's attention values (B, H, N, D): tokens whose value
+    vectors are small across heads score high. Shifted to be >= 0, shape (B, N)."""
+    norms = torch.linalg.vector_norm(value.float(), dim=-1).sum(dim=1)        # (B, N)
+    return norms.amax(dim=-1, keepdim=True) - norms
 
 
 def spatial_grid_ok(tokens: int, grid: int) -> bool:

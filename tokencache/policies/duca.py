@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..passes import fresh, reuse
 from ..passes.skip import LAST_BLOCK_KEY, skip
 from .base import FRESH, is_fresh_step
-from .toca import TocaPolicy, split_regions, step_buckets
+from .toca import TocaPolicy, split_regions, step_buckets, value_nodes
 
 AGGRESSIVE = "aggressive"
 
@@ -42,7 +42,7 @@ class DucaPolicy(TocaPolicy):
             aggressive = skip(gm, last, analysis.block_outputs[last])
         else:
             aggressive = reuse(gm, analysis.regions)
-        return {FRESH: fresh(gm, analysis.regions, tokenwise, selection, config.seed, keep),
+        return {FRESH: fresh(gm, analysis.regions, tokenwise, selection, config.seed, keep, value_nodes(analysis)),
                 **self.partial_variants(gm, analysis, config, selection), AGGRESSIVE: aggressive}
 
     def schedule(self, config):

@@ -20,6 +20,11 @@ def split_regions(analysis, config):
     return whole, tokenwise
 
 
+def value_nodes(analysis) -> dict[str, str]:
+    """Block -> the value input of its self-attention (for DuCa's value-norm selection)."""
+    return {r.block: r.value for r in analysis.regions if r.kind == "self_attention" and r.value}
+
+
 def step_buckets(config, cached_steps: list[int]) -> dict[int, tuple[str, float]]:
     """Cached step -> (partial variant name, step factor). One variant when step_weight is 0."""
     if config.step_weight == 0 or not cached_steps:
@@ -59,6 +64,10 @@ class TocaPolicy:
         bad = [f"{r.name}: {r.reason}" for r in tokenwise if not r.token_wise]
         if bad:
             return "token-wise caching needs token-local regions; " + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        if config.selection_for(self.name) == "vnorm":
+            missing = sorted({r.block for r in tokenwise} - set(value_nodes(analysis)))
+            if missing:
+                return f"selection='vnorm' needs a self-attention in every block; none found in {missing[0]}"
         return None
 
     def cached_steps(self, config) -> list[int]:
@@ -75,7 +84,7 @@ class TocaPolicy:
     def variants(self, gm, analysis, config):
         _, tokenwise = split_regions(analysis, config)
         selection = config.selection_for(self.name)
-        return {FRESH: fresh(gm, analysis.regions, tokenwise, selection, config.seed),
+        return {FRESH: fresh(gm, analysis.regions, tokenwise, selection, config.seed, values=value_nodes(analysis)),
                 **self.partial_variants(gm, analysis, config, selection)}
 
     def schedule(self, config):
