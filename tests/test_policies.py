@@ -244,8 +244,7 @@ def test_value_norm_prior_prefers_small_values():
     assert prior.argmax().item() == 3 and prior.min() >= 0
 
 
-def test_vnorm_selection_needs_self_attention_in_every_block():
-    from tiny_models import sana_case
+def test_vnorm_selection_stores_the_prior_at_fresh_steps():
     case = ALL_CASES["pixart"]()
     compiled = tokencache.compile(case.build(), policy="duca", selection="vnorm", num_steps=10, inner="eager")
     generate(case, compiled, noise(case))
