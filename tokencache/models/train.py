@@ -1,10 +1,11 @@
 """Train the embedded DiT (rectified flow) on Fashion-MNIST. Resumable; fixed seed.
 
     python -m tokencache.models.train --minutes 38 --out runs/dit
+    python -m tokencache.models.train --arch pixart --minutes 25 --out runs/pixart
 
 Every few minutes a checkpoint (model, EMA, optimiser, step, RNG) goes to OUT/checkpoint.pt; a rerun
 with the same OUT resumes from it. At the end the EMA weights are written in fp16 to
-OUT/fashion_dit.pt with a JSON training log; `--install` copies both into the package.
+OUT/<weights file> with a JSON training log; `--install` copies both into the package.
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import torch
 from tqdm import tqdm
 
 from .data import load, sha256_of_files
-from .fashion_dit import CONFIG, WEIGHTS, build_model
+from . import fashion_dit, fashion_pixart
+
+ARCHS = {"dit": fashion_dit, "pixart": fashion_pixart}
 
 
 def flow_batch(x1: torch.Tensor, generator: torch.Generator):
@@ -32,11 +35,14 @@ def flow_batch(x1: torch.Tensor, generator: torch.Generator):
 
 def train(out: Path, minutes: float, max_steps: int | None = None, batch: int = 128, lr: float = 1e-3,
           ema_decay: float = 0.999, seed: int = 0, threads: int = 2, checkpoint_every_s: float = 180,
-          data=None, progress: bool = True) -> dict:
+          data=None, progress: bool = True, arch: str = "dit") -> dict:
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    spec = ARCHS[arch]
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     images, labels = data if data is not None else load("train")
-    model = build_model().train()
+    model = spec.build_model().train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -54,11 +60,11 @@ def train(out: Path, minutes: float, max_steps: int | None = None, batch: int = 
 
     budget = minutes * 60
     start, last_save = time.perf_counter() - state["seconds"], time.perf_counter()
-    bar = tqdm(total=int(budget), initial=int(state["seconds"]), unit="s", disable=not progress, desc="training")
+    bar = tqdm(total=int(budget), initial=int(state["seconds"]), unit="s", disable=not progress, desc=f"training {arch}")
     while state["seconds"] < budget and (max_steps is None or state["step"] < max_steps):
         idx = torch.randint(0, images.shape[0], (batch,), generator=gen)
         xt, t, target = flow_batch(images[idx], gen)
-        # the model's LabelEmbedding drops 10% of labels to the null class itself in train mode
+        # both models drop 10% of labels to the null class themselves in train mode
         pred = model(xt, timestep=t, class_labels=labels[idx], return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
@@ -73,8 +79,9 @@ def train(out: Path, minutes: float, max_steps: int | None = None, batch: int = 
         state["step"] += 1
         state["losses"].append(round(loss.item(), 5))
         now = time.perf_counter()
-        bar.update(int(now - start - state["seconds"]))
         state["seconds"] = now - start
+        bar.n = int(state["seconds"])
+        bar.refresh() if state["step"] % 10 == 0 else None
         if state["step"] % 50 == 0:
             bar.set_postfix(step=state["step"], loss=f"{sum(state['losses'][-50:]) / 50:.4f}",
                             img_s=f"{state['step'] * batch / state['seconds']:.0f}")
@@ -82,13 +89,13 @@ def train(out: Path, minutes: float, max_steps: int | None = None, batch: int = 
             save(); last_save = now
     bar.close()
     save()
-    log = {"config": CONFIG, "steps": state["step"], "images_seen": state["step"] * batch, "batch": batch,
+    log = {"arch": arch, "config": spec.CONFIG, "steps": state["step"], "images_seen": state["step"] * batch, "batch": batch,
            "lr": lr, "ema_decay": ema_decay, "seed": seed, "wall_minutes": round(state["seconds"] / 60, 2),
            "final_loss_mean_500": sum(state["losses"][-500:]) / max(1, len(state["losses"][-500:])),
            "loss_every_100": [sum(state["losses"][i:i + 100]) / len(state["losses"][i:i + 100])
                               for i in range(0, len(state["losses"]), 100)],
            "data_sha256": sha256_of_files() if data is None else "custom data"}
-    torch.save({"config": CONFIG, "state_dict": {k: v.half() for k, v in ema.state_dict().items()}}, out / WEIGHTS)
+    torch.save({"config": spec.CONFIG, "state_dict": {k: v.half() for k, v in ema.state_dict().items()}}, out / spec.WEIGHTS)
     (out / "training_log.json").write_text(json.dumps(log, indent=1))
     return log
 
@@ -99,14 +106,15 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=38)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--arch", choices=list(ARCHS), default="dit")
     p.add_argument("--install", action="store_true", help="copy the weights and log into the package")
     args = p.parse_args(argv)
-    log = train(args.out, args.minutes, args.max_steps, threads=args.threads)
+    log = train(args.out, args.minutes, args.max_steps, threads=args.threads, arch=args.arch)
     print(json.dumps({k: v for k, v in log.items() if k != "loss_every_100"}, indent=1))
     if args.install:
-        dest = Path(__file__).parent / "weights"
-        shutil.copy(args.out / WEIGHTS, dest / WEIGHTS)
-        shutil.copy(args.out / "training_log.json", dest / "fashion_dit_training_log.json")
+        dest, weights = Path(__file__).parent / "weights", ARCHS[args.arch].WEIGHTS
+        shutil.copy(args.out / weights, dest / weights)
+        shutil.copy(args.out / "training_log.json", dest / weights.replace(".pt", "_training_log.json"))
         print(f"installed into {dest}")
 
 
