@@ -85,3 +85,20 @@ def test_unknown_architecture_falls_back():
 def test_report_before_first_call_is_a_clear_error():
     with pytest.raises(ValueError, match="first call"):
         tokencache.report(tokencache.compile(NoBlocksModel()))
+
+
+def test_flux_joint_attention_falls_back_with_reason():
+    from diffusers import FluxTransformer2DModel
+    torch.manual_seed(0)
+    flux = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                  num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                  axes_dims_rope=[4, 4, 8]).eval()
+    inputs = dict(hidden_states=torch.randn(1, 16, 4), encoder_hidden_states=torch.randn(1, 8, 32),
+                  pooled_projections=torch.randn(1, 32), timestep=torch.tensor([1.0]), img_ids=torch.zeros(16, 3),
+                  txt_ids=torch.zeros(8, 3), return_dict=False)
+    compiled = tokencache.compile(flux, policy="toca", inner="eager", num_steps=4)
+    with torch.no_grad(), pytest.warns(UserWarning, match="joint attention"):
+        got = compiled(**inputs)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(got, flux(**inputs)[0], rtol=1e-5, atol=1e-5)
+    assert "transformer_blocks.0.attn" in tokencache.report(compiled)["fallback_reason"]

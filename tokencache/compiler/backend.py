@@ -18,7 +18,7 @@ from ..policies import get_policy
 from ..policies.none import NonePolicy
 from ..runtime.runtime import CacheRuntime
 from .graph_inputs import classify_inputs, find_timestep, symbolic_inputs
-from .regions import analyse
+from .regions import Analysis, analyse
 
 
 class TokenCacheError(RuntimeError):
@@ -48,8 +48,13 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRunti
     if symbolic_inputs(example_inputs):
         reason = "the graph was captured with dynamic shapes; compile with dynamic=False"
     else:
-        analysis = analyse(gm)
-        if config.policy != "none":
+        try:
+            analysis = analyse(gm)
+        except Exception as e:      # an unforeseen graph shape must cost caching, never the model
+            analysis = Analysis(blocks=[], regions=[], rejected=[])
+            if config.policy != "none":
+                reason = f"graph analysis failed ({type(e).__name__}: {e})"
+        if config.policy != "none" and reason is None:
             reason = _unsupported(analysis) or policy.check(analysis, config)
     if reason is not None:
         message = f"tokencache: caching disabled for this graph: {reason}. Running it uncached."
@@ -79,5 +84,6 @@ def _unsupported(analysis) -> str | None:
     attention_rejects = [(m, why) for m, why in analysis.rejected if "attn" in m.rsplit(".", 1)[-1]]
     if attention_rejects:
         module, why = attention_rejects[0]
-        return f"attention module {module} cannot be cached ({why})"
+        hint = "; joint attention over two token streams (Flux/SD3) is not supported yet" if why.startswith("2 values") else ""
+        return f"attention module {module} cannot be cached ({why}{hint})"
     return None

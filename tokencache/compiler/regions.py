@@ -140,6 +140,10 @@ def _as_region(name: str, block: str, members: list[fx.Node]) -> Region | str:
     return region
 
 
+def _sdpa_arg(node: fx.Node, index: int, name: str):
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name)
+
+
 def _mixers(members: list[fx.Node]) -> str:
     """Name the convolutions/pooling in a region: the usual reason a feed-forward mixes tokens."""
     found = []
@@ -163,7 +167,9 @@ def _attention_region(name, block, members, candidates, out, sdpa) -> Region | s
                     todo.append(a)
         return seen
 
-    q, k, v = (sdpa.args + (None, None, None))[:3]
+    q, k, v = (_sdpa_arg(sdpa, i, name) for i, name in enumerate(("query", "key", "value")))
+    if not all(isinstance(t, fx.Node) for t in (q, k, v)):
+        return "attention whose query/key/value are not graph values"
     for x in candidates:
         feeds = [x.name in ancestors(t) | {t.name} for t in (q, k, v)]
         if not feeds[0]:
