@@ -73,9 +73,10 @@ def run_demo(policy: str = "toca", interval: int = 3, ratio: float = 0.25, steps
     return result
 
 
-def save_grid(top: torch.Tensor, bottom: torch.Tensor, path: Path, scale: int = 3) -> None:
-    """Two rows of 28x28 images: uncached above, cached below, with a 2-pixel gap."""
-    from PIL import Image
+def save_grid(top: torch.Tensor, bottom: torch.Tensor, path: Path, scale: int = 3,
+              labels: tuple[str, str] = ("uncached", "tokencache")) -> None:
+    """Two labelled rows of 28x28 images: uncached above, cached below."""
+    from PIL import Image, ImageDraw
 
     n = min(len(top), 10)
     canvas = torch.ones(2 * 28 + 2, n * 30)
@@ -83,7 +84,14 @@ def save_grid(top: torch.Tensor, bottom: torch.Tensor, path: Path, scale: int = 
         for i in range(n):
             canvas[row * 30: row * 30 + 28, i * 30: i * 30 + 28] = batch[i, 0]
     pixels = (canvas.clamp(0, 1) * 255).byte().numpy()
-    Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST).save(path)
+    grid = Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
+    margin = 80
+    out = Image.new("L", (grid.width + margin, grid.height), 255)
+    out.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    for row, text in enumerate(labels):
+        draw.text((4, row * 30 * scale + 14 * scale - 6), text, fill=0)
+    out.save(path)
 
 
 def format_table(result: dict) -> str:
