@@ -64,4 +64,10 @@ def new_generation(compiled) -> None:
         session.reset()
 
 
-__all__ = ["CacheConfig", "compile", "new_generation", "report", "__version__"]
+def export(compiled, out_dir, **kwargs):
+    """Write the compiled model's graph variants as an ONNX bundle (see tokencache.exporters)."""
+    from .exporters import export as _export
+    return _export(compiled, out_dir, **kwargs)
+
+
+__all__ = ["CacheConfig", "compile", "export", "new_generation", "report", "__version__"]

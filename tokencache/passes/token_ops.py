@@ -41,7 +41,9 @@ def prior_scores(prior: torch.Tensor, stale: torch.Tensor, interval: int, weight
         score = torch.cat([shared, shared], dim=0)
     if bonus > 0 and spatial_grid_ok(score.shape[1], grid):
         score = score * (1.0 + bonus * cell_winners(score, grid))
-    return score
+    # break exact ties towards lower token indices, so every backend (inductor, onnxruntime,
+    # TensorRT) picks the same tokens when scores tie (e.g. all zero right after a fresh step)
+    return score - 1e-6 * torch.arange(score.shape[1], device=score.device, dtype=score.dtype) / score.shape[1]
 
 
 def value_norm_prior(value: torch.Tensor) -> torch.Tensor:

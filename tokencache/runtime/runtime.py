@@ -23,7 +23,7 @@ from ..compiler.inner import compile_variant
 from ..config import CacheConfig
 from ..policies import FRESH
 from . import registry
-from .clock import StepClock
+from .session import Session
 
 
 _CALLS = itertools.count()   # global call sequence: which session of a model ran last
@@ -65,13 +65,7 @@ class CacheRuntime:
         session = self.session_for(args)
         if registry.note_call(session, self.user_signature(args)):
             session.reset()                   # another input signature ran last: a new generation
-        if session.clock.tick(self._timestep_value(args)):
-            session.reset(keep_clock=True)
-        step, position = session.clock.step, session.clock.position
-        variant = self._variant_for(step)
-        if variant == FRESH and position == 0:
-            session.fresh_steps.append(step)
-        state = session.states.setdefault(position, {})
+        variant, step, state = session.begin(self._timestep_value(args), self._variant_for)
         full_args = self.assemble(variant, args, state, step, session.fresh_steps)
         with torch.no_grad():
             outs = self._compiled(variant, full_args)(*full_args)
@@ -163,24 +157,3 @@ class CacheRuntime:
             "generations": session.clock.generations,
             "step": session.clock.step,
         }
-
-
-class Session:
-    """One model instance's step counter, per-call-position cache state and call counts."""
-
-    def __init__(self, num_steps: int):
-        self.clock = StepClock(num_steps)
-        self.states: dict[int, dict[str, torch.Tensor]] = {}
-        self.calls: Counter = Counter()
-        self.fresh_steps: list[int] = []   # steps of this generation that ran fresh (Taylor history)
-        self.last_call = -1
-
-    def reset(self, keep_clock: bool = False) -> None:
-        if not keep_clock:
-            self.clock.reset()
-        self.states.clear()
-        self.fresh_steps.clear()
-
-    def cache_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for s in self.states.values() for t in s.values()
-                   if isinstance(t, torch.Tensor))

@@ -1,0 +1,150 @@
+"""ONNX bundles: round trips against the PyTorch runtime, manifest validation, runner input checks,
+TensorRT settings (engines themselves need TensorRT and a GPU)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import tokencache
+from tokencache.exporters import BundleError, load_manifest
+from tokencache.exporters.tensorrt import TensorRTUnavailable, build_engines, builder_settings, tensorrt_missing
+from tokencache.runtime.bundle_runner import BundleInputError, OnnxBundleRunner, bind_like
+from tiny_models import ALL_CASES, generate, noise, rel_err
+
+STEPS = 6
+ROUND_TRIPS = [("reference", dict(policy="none")), ("reference", dict(policy="fora")),
+               ("reference", dict(policy="toca")), ("reference", dict(policy="duca", aggressive="skip")),
+               ("reference", dict(policy="taylorseer")), ("reference", dict(policy="clusca", clusters=4)),
+               ("diffusers_dit", dict(policy="toca", attention="tokens")), ("pixart", dict(policy="toca"))]
+
+
+def _exported(case_name, options, directory):
+    case = ALL_CASES[case_name]()
+    model = case.build()
+    compiled = tokencache.compile(model, num_steps=STEPS, inner="eager", interval=2, **options)
+    x0 = noise(case)
+    expected = generate(case, compiled, x0, steps=STEPS)
+    tokencache.export(compiled, directory, progress=False)
+    return case, model, x0, expected
+
+
+@pytest.mark.parametrize("case_name, options", ROUND_TRIPS, ids=[f"{c}-{o['policy']}" for c, o in ROUND_TRIPS])
+def test_bundle_replays_the_generation(case_name, options, tmp_path):
+    case, model, x0, expected = _exported(case_name, options, tmp_path)
+    runner = OnnxBundleRunner(tmp_path)
+    got = generate(case, bind_like(runner, model, tuple_output=case_name != "reference"), x0, steps=STEPS)
+    assert rel_err(got, expected) <= 1e-4
+    second = generate(case, bind_like(runner, model, tuple_output=case_name != "reference"), x0, steps=STEPS)
+    assert rel_err(second, expected) <= 1e-4                       # a new generation resets the replay
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(manifest["schedule"]) == STEPS
+    assert sum(runner.session.calls.values()) == 2 * STEPS
+
+
+def test_schedule_and_wiring_rebuildable_from_manifest(tmp_path):
+    _exported("reference", dict(policy="toca"), tmp_path)
+    manifest = load_manifest(tmp_path)
+    assert manifest["schedule"] == ["fresh", "partial"] * 3
+    partial = manifest["variants"]["partial"]
+    produced = set(manifest["variants"]["fresh"]["state_out"])
+    assert set(partial["state_in"]) <= produced                    # state flows fresh -> partial by key
+    assert all(f"state.{k}" in partial["inputs"] for k in partial["state_in"])
+    assert all(f"new_state.{k}" in partial["outputs"] for k in partial["state_out"])
+    assert manifest["config"]["ratio"] == 0.25 and manifest["timestep_input"] == "timestep"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("bundle")
+    torch._dynamo.reset()
+    _exported("reference", dict(policy="toca"), directory)
+    return directory
+
+
+def _copy(bundle, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(bundle, target)
+    return target
+
+
+def test_missing_file_is_named(bundle, tmp_path):
+    copy = _copy(bundle, tmp_path)
+    (copy / "partial.onnx").unlink()
+    with pytest.raises(BundleError, match="partial.onnx is missing"):
+        load_manifest(copy)
+
+
+def test_sha256_mismatch_is_named(bundle, tmp_path):
+    copy = _copy(bundle, tmp_path)
+    with open(copy / "fresh.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="sha256 of .*fresh.onnx"):
+        load_manifest(copy)
+
+
+def test_unknown_format_version(bundle, tmp_path):
+    copy = _copy(bundle, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format_version 99"):
+        load_manifest(copy)
+
+
+def test_state_shape_mismatch_is_named(bundle, tmp_path):
+    copy = _copy(bundle, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["state"]["cache:blocks.0.mlp"]["shape"] = [2, 64, 65]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    runner = OnnxBundleRunner(copy)
+    inputs = {"hidden_states": torch.randn(2, 4, 16, 16), "timestep": torch.tensor([999.0, 999.0]),
+              "class_labels": torch.tensor([1, 2])}
+    with pytest.raises(BundleError, match="cache:blocks.0.mlp"):
+        runner(**inputs)
+
+
+def test_runner_rejects_wrong_shapes_and_dtypes(bundle):
+    runner = OnnxBundleRunner(bundle)
+    good = {"hidden_states": torch.randn(2, 4, 16, 16), "timestep": torch.tensor([999.0, 999.0]),
+            "class_labels": torch.tensor([1, 2])}
+    with pytest.raises(BundleInputError, match="hidden_states.*\\[3, 4, 16, 16\\]"):
+        runner(**dict(good, hidden_states=torch.randn(3, 4, 16, 16)))
+    with pytest.raises(BundleInputError, match="class_labels.*int32"):
+        runner(**dict(good, class_labels=torch.tensor([1, 2], dtype=torch.int32)))
+    with pytest.raises(BundleInputError, match="missing \\['timestep'\\]"):
+        runner(hidden_states=good["hidden_states"], class_labels=good["class_labels"])
+    assert np.isfinite(runner(**good)[0]).all()
+
+
+def test_tensorrt_builder_settings():
+    assert builder_settings("fp16") == {"fp16": True, "bf16": False, "tf32": True, "builder_optimization_level": 3}
+    s = builder_settings("fp32", timing_cache="/tmp/t.cache", optimization_level=5)
+    assert s["fp16"] is False and s["tf32"] is False and s["load_timing_cache"] == "/tmp/t.cache"
+    with pytest.raises(ValueError, match="precision"):
+        builder_settings("int4")
+    with pytest.raises(ValueError, match="optimisation level"):
+        builder_settings("fp16", optimization_level=9)
+    from polygraphy.backend.trt import CreateConfig
+    CreateConfig(**builder_settings("bf16"))          # polygraphy accepts every key (lazy: no TensorRT needed)
+
+
+@pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT and a GPU are present: the unavailable path does not apply")
+def test_tensorrt_unavailable_is_a_clear_error(bundle):
+    with pytest.raises(TensorRTUnavailable, match="TensorRT|GPU"):
+        build_engines(bundle)
+
+
+@pytest.mark.skipif(tensorrt_missing() is not None, reason=f"needs TensorRT and an NVIDIA GPU: {tensorrt_missing()}")
+def test_tensorrt_engines_replay(bundle, tmp_path):
+    from tokencache.runtime.tensorrt_runner import TensorRTBundleRunner
+    copy = _copy(bundle, tmp_path)
+    build_engines(copy, precision="fp32")
+    trt, ort = TensorRTBundleRunner(copy), OnnxBundleRunner(copy)
+    inputs = {"hidden_states": torch.randn(2, 4, 16, 16), "timestep": torch.tensor([999.0, 999.0]),
+              "class_labels": torch.tensor([1, 2])}
+    for t in (999.0, 800.0, 600.0):
+        inputs["timestep"] = torch.tensor([t, t])
+        a, b = trt(**inputs)[0].cpu().numpy(), ort(**inputs)[0]
+        assert np.abs(a - b).max() / np.abs(b).max() < 1e-3

@@ -1,0 +1,72 @@
+"""manifest.json of a bundle: everything needed to replay the cache schedule without PyTorch.
+
+    format_version, tokencache_version, config (CacheConfig fields), policy, schedule (variant per
+    step), timestep_input, signature {inputs, outputs: [{name, shape, dtype}]}, state {key: {shape,
+    dtype}}, variants {name: {file, sha256, inputs, outputs, state_in, state_out, host_in,
+    state_init}}. State flows by name: a variant's output "new_state.<key>" is the next variant's input
+    "state.<key>"; state a variant does not output keeps its value; state listed in `state_init`
+    may start as zeros.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle on disk is incomplete, altered or from an unknown format; the message names what."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: dict) -> Path:
+    path = Path(directory) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1))
+    return path
+
+
+def load_manifest(directory: Path | str, verify: bool = True) -> dict:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.exists():
+        raise BundleError(f"{path} not found: not a tokencache bundle (export one with `tokencache export`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path} is not valid JSON: {e}") from e
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{path}: unknown bundle format_version {version!r}; this tokencache reads {FORMAT_VERSION}")
+    for key in ("config", "schedule", "signature", "state", "variants"):
+        if key not in manifest:
+            raise BundleError(f"{path}: missing field {key!r}")
+    for name, variant in manifest["variants"].items():
+        file = directory / variant["file"]
+        if not file.exists():
+            raise BundleError(f"variant {name!r}: file {file} is missing")
+        if verify and sha256(file) != variant["sha256"]:
+            raise BundleError(f"variant {name!r}: sha256 of {file} does not match the manifest (file changed or corrupted)")
+    unknown = sorted(set(manifest["schedule"]) - set(manifest["variants"]))
+    if unknown:
+        raise BundleError(f"{path}: schedule names variant {unknown[0]!r} that the bundle does not contain")
+    return manifest
+
+
+def check_state(manifest: dict, key: str, shape, dtype: str) -> None:
+    """Raise if a state tensor does not have the shape/dtype the manifest declares."""
+    expected = manifest["state"].get(key)
+    if expected is None:
+        raise BundleError(f"state tensor {key!r} is not declared in the manifest")
+    if list(shape) != expected["shape"] or dtype != expected["dtype"]:
+        raise BundleError(f"state tensor {key!r} has shape {list(shape)} {dtype}; the manifest declares "
+                          f"{expected['shape']} {expected['dtype']}")

@@ -1,0 +1,52 @@
+"""One graph variant -> one ONNX file with parameters frozen in and explicit, stably named I/O.
+
+Inputs: the model's user inputs ("input.<argument>"), then state ("state.<key>"), then host
+values ("host.<name>"). Outputs: the model's outputs ("output.<i>"), then updated state ("new_state.<key>").
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+
+from ..passes.noop_squeeze import drop_noop_squeezes
+
+
+class FrozenVariant(torch.nn.Module):
+    """A variant graph with its parameter placeholders bound to buffers: forward takes only the
+    user inputs, state and host values, in that order."""
+
+    def __init__(self, gm: fx.GraphModule, kinds: list[str], example_inputs: list):
+        super().__init__()
+        self.gm = drop_noop_squeezes(gm)
+        self.kinds = kinds
+        for i, kind in enumerate(kinds):
+            if kind == "param":
+                self.register_buffer(f"param_{i}", example_inputs[i].detach().clone())
+
+    def forward(self, *inputs):
+        given = iter(inputs)
+        args = [getattr(self, f"param_{i}") if kind == "param" else next(given) for i, kind in enumerate(self.kinds)]
+        return tuple(self.gm(*args, *given))
+
+
+def io_names(runtime, variant: str) -> tuple[list[str], list[str]]:
+    wiring = runtime.variants[variant].meta["tokencache"]
+    inputs = [f"input.{gi.name}" for gi in runtime.inputs if gi.kind == "user"]
+    inputs += [f"state.{k}" for k in wiring["state_in"]] + [f"host.{h}" for h in wiring["host_in"]]
+    outputs = [f"output.{i}" for i in range(wiring["num_outputs"])] + [f"new_state.{k}" for k in wiring["state_out"]]
+    return inputs, outputs
+
+
+def export_variant(runtime, variant: str, example: list, path: Path, exporter: str = "dynamo", opset: int = 18) -> None:
+    """`example`: values for the variant's non-parameter inputs, in io_names order."""
+    if exporter not in ("dynamo", "torchscript"):
+        raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
+    module = FrozenVariant(runtime.variants[variant], [gi.kind for gi in runtime.inputs], runtime.example_inputs).eval()
+    inputs, outputs = io_names(runtime, variant)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(example), str(path), input_names=inputs, output_names=outputs,
+                          opset_version=opset, dynamo=exporter == "dynamo", external_data=False)

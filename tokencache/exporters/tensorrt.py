@@ -1,0 +1,70 @@
+"""TensorRT engines for every variant of a bundle, built through polygraphy's Python API.
+
+The part that decides the builder settings (`builder_settings`) is plain Python and tested without
+TensorRT; building needs `import tensorrt` and an NVIDIA GPU, and says so clearly when either is
+missing. Engines are written next to the ONNX files and recorded in the manifest.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .manifest import load_manifest, sha256, write_manifest
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class TensorRTUnavailable(RuntimeError):
+    pass
+
+
+def tensorrt_missing() -> str | None:
+    """Why engines cannot be built or run here, or None when TensorRT and a GPU are present."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as e:          # ImportError, or a stub wheel that fails on import
+        return f"TensorRT is not installed or does not import ({type(e).__name__}: {e}); pip install tensorrt on a machine with an NVIDIA GPU"
+    import torch
+    if not torch.cuda.is_available():
+        return "TensorRT needs an NVIDIA GPU; torch.cuda.is_available() is False"
+    return None
+
+
+def builder_settings(precision: str = "fp16", timing_cache: str | Path | None = None,
+                     optimization_level: int = 3) -> dict:
+    """Keyword arguments for polygraphy's CreateConfig. Shapes are static in the ONNX files, so no
+    optimisation profiles are needed; fp16/bf16 also allow fp32 fallback per layer (TensorRT's
+    default), which keeps the int64 index math of gather/scatter exact."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not isinstance(optimization_level, int) or not 0 <= optimization_level <= 5:
+        raise ValueError(f"builder optimisation level must be an integer in 0..5, got {optimization_level!r}")
+    settings = {"fp16": precision == "fp16", "bf16": precision == "bf16", "tf32": precision != "fp32",
+                "builder_optimization_level": optimization_level}
+    if timing_cache is not None:
+        settings["load_timing_cache"] = str(timing_cache)
+    return settings
+
+
+def build_engines(bundle: str | Path, precision: str = "fp16", timing_cache: str | Path | None = None,
+                  optimization_level: int = 3, progress: bool = True) -> dict:
+    """Build `<variant>.plan` for every variant and record them in manifest.json."""
+    reason = tensorrt_missing()
+    if reason:
+        raise TensorRTUnavailable(reason)
+    from polygraphy.backend.trt import CreateConfig, engine_from_network, network_from_onnx_path, save_engine
+
+    bundle = Path(bundle)
+    manifest = load_manifest(bundle)
+    cache = str(timing_cache or bundle / "timing.cache")
+    settings = builder_settings(precision, cache if Path(cache).exists() else None, optimization_level)
+    for name, variant in tqdm(manifest["variants"].items(), desc="building engines", disable=not progress):
+        network = network_from_onnx_path(str(bundle / variant["file"]))
+        engine = engine_from_network(network, config=CreateConfig(**settings), save_timing_cache=cache)
+        plan = bundle / f"{name}.plan"
+        save_engine(engine, str(plan))
+        variant["engine"] = {"file": plan.name, "sha256": sha256(plan), "precision": precision,
+                             "optimization_level": optimization_level}
+    write_manifest(bundle, manifest)
+    return manifest
