@@ -50,8 +50,9 @@ def report(compiled) -> dict:
     """JSON-serialisable report of what tokencache did to a compiled model (see DESIGN.md)."""
     found = _sessions(compiled)
     if not found:
-        raise ValueError("this model has not been run through the tokencache backend yet "
-                         "(reports exist after the first call)")
+        raise ValueError("this model has not been run through the tokencache backend yet: reports exist after "
+                         "the first call (if it was called: Dynamo stops compiling a function after "
+                         "torch._dynamo.config.recompile_limit compilations and then runs it eagerly)")
     # one graph per input shape (or per graph break), each with this model's session
     graphs = [runtime.report(session) for runtime, session in found]
     main = max(graphs, key=lambda g: len(g["regions"]))

@@ -47,7 +47,17 @@ def _peak_memory(device) -> dict:
 
 
 def run_profile(target: Target, settings: dict[str, dict], steps: int = 20, rounds: int = 5, inner: str = "inductor",
-                trace: str | None = None, progress=None) -> dict:
+                trace: str | None = None, progress=None, keep_images: bool = False) -> dict:
+    """Profile `settings` (name -> CacheConfig options) against the uncached model on `target`.
+    With keep_images, result["images"] holds each setting's final images (not JSON-serialisable)."""
+    # every setting is another torch.compile of the same forward(): keep Dynamo from giving up
+    # after its default 8 compiles of one function and silently running the rest eagerly
+    limit = 4 * (len(settings) + 1) + 8
+    with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=max(256, limit)):
+        return _run_profile(target, settings, steps, rounds, inner, trace, progress, keep_images)
+
+
+def _run_profile(target, settings, steps, rounds, inner, trace, progress, keep_images) -> dict:
     device = _device(target)
     compiled = {"uncached": tokencache.compile(target.model, policy="none", num_steps=steps, inner=inner)}
     for name, options in settings.items():
@@ -103,6 +113,8 @@ def run_profile(target: Target, settings: dict[str, dict], steps: int = 20, roun
            "torch": torch.__version__, "settings": results}
     if trace:
         out["trace"] = _trace(target, compiled[list(settings)[0]], steps, device, trace)
+    if keep_images:
+        out["images"] = {name: target.images(state) for name, state in finals.items()}
     return out
 
 
