@@ -88,3 +88,24 @@ def test_training_smoke(tmp_path):
     assert resumed["steps"] == 5                                   # resumed from the checkpoint
     state = torch.load(tmp_path / "fashion_dit.pt", weights_only=True)["state_dict"]
     assert all(v.dtype == torch.float16 for v in state.values())
+
+
+pixart_weights = pytest.mark.skipif(
+    not (Path(__file__).parents[1] / "tokencache/models/weights/fashion_pixart.pt").exists(),
+    reason="the PixArt sibling's weights are not shipped in this checkout")
+
+
+@pixart_weights
+def test_pixart_sibling_samples_and_caches_cross_attention():
+    import tokencache
+    from tokencache.models.fashion_pixart import load_pixart_model
+
+    model = load_pixart_model()
+    labels = torch.tensor([0, 7])
+    a = sample(model, make_noise(2, seed=3), labels, steps=4)
+    assert torch.equal(a, sample(model, make_noise(2, seed=3), labels, steps=4))
+    compiled = tokencache.compile(model, policy="toca", ratio=1.0, attention="tokens", num_steps=4, inner="eager")
+    b = sample(compiled, make_noise(2, seed=3), labels, steps=4)
+    assert ((a - b).norm() / a.norm()).item() <= 1e-4
+    kinds = {r["kind"] for r in tokencache.report(compiled)["regions"]}
+    assert kinds == {"self_attention", "cross_attention", "feed_forward"}

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prof = sub.add_parser("profile", help="latency, FLOPs and fidelity: uncached vs tokencache, interleaved")
     prof.add_argument("--model", default="embedded",
-                      help="embedded (default), dit-s, pixart-1k, or package.module:factory returning (model, forward kwargs)")
+                      help="embedded (default), embedded-pixart, dit-s, pixart-1k, or package.module:factory returning (model, forward kwargs)")
     prof.add_argument("--policy", default="toca",
                       help=f"one or more comma-separated policies to compare ({', '.join(p for p in POLICIES if p != 'none')})")
     prof.add_argument("--interval", type=_positive_int, default=3)
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--quick", action="store_true", help="few steps, eager, 2 rounds")
 
     exp = sub.add_parser("export", help="ONNX bundle (+ TensorRT engines) of every graph variant, with manifest")
-    exp.add_argument("--model", default="embedded", help="embedded (default), dit-s, pixart-1k, or package.module:factory")
+    exp.add_argument("--model", default="embedded", help="embedded (default), embedded-pixart, dit-s, pixart-1k, or package.module:factory")
     exp.add_argument("--policy", choices=POLICIES, default="toca")
     exp.add_argument("--interval", type=_positive_int, default=3)
     exp.add_argument("--ratio", type=_ratio, default=0.25)

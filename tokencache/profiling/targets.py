@@ -59,12 +59,14 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-3, 3) + 3) / 6)
 
 
-def embedded_target(samples: int = 8, guidance: float = 2.0, seed: int = 0) -> Target:
+def embedded_target(samples: int = 8, guidance: float = 2.0, seed: int = 0, arch: str = "dit") -> Target:
+    """The shipped Fashion-MNIST model (arch "dit", or its cross-attention sibling "pixart")."""
     from ..models.data import to_image_space
     from ..models.fashion_dit import NULL_LABEL, load_default_model
+    from ..models.fashion_pixart import load_pixart_model
     from ..models.sampling import make_noise
 
-    model = load_default_model()
+    model = load_default_model() if arch == "dit" else load_pixart_model()
     labels = torch.arange(samples) % 10
     noise = make_noise(samples, seed)
 
@@ -80,7 +82,8 @@ def embedded_target(samples: int = 8, guidance: float = 2.0, seed: int = 0) -> T
         cond, uncond = v.chunk(2)
         state["x"] = x + (sigmas[i + 1] - sigmas[i]) * (uncond + guidance * (cond - uncond))
 
-    return Target("embedded", model, init, step, lambda state: to_image_space(state["x"]))
+    return Target("embedded" if arch == "dit" else "embedded-pixart", model, init, step,
+                  lambda state: to_image_space(state["x"]))
 
 
 def dit_s_target(batch: int = 2) -> Target:
@@ -107,7 +110,8 @@ def pixart_1k_target(batch: int = 2) -> Target:
     return _euler_target("pixart-1k", model, inputs, "hidden_states", "timestep")
 
 
-BUILT_IN = {"embedded": embedded_target, "dit-s": dit_s_target, "pixart-1k": pixart_1k_target}
+BUILT_IN = {"embedded": embedded_target, "embedded-pixart": lambda: embedded_target(arch="pixart"),
+            "dit-s": dit_s_target, "pixart-1k": pixart_1k_target}
 
 
 def load_target(spec: str, timestep_key: str = "timestep") -> Target:
