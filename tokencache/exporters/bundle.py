@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from ..policies import FRESH
 from .manifest import FORMAT_VERSION, sha256, write_manifest
-from .onnx import export_variant, io_names
+from .onnx import check_exporter, export_variant, io_names
 
 
 def _dtype(t) -> str:
@@ -61,6 +61,7 @@ def export(compiled, out_dir, exporter: str = "dynamo", opset: int = 18, progres
     """Write one ONNX file per variant of `compiled` (after one call) and manifest.json to `out_dir`."""
     from .. import __version__
 
+    check_exporter(exporter, opset)
     runtime = _main_runtime(compiled)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

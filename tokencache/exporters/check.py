@@ -31,3 +31,13 @@ def check_bundle(compiled, bundle: str | Path) -> dict[str, dict[str, float]]:
         errors[name] = {out: float(np.abs(got[out].astype(np.float64) - exp.numpy().astype(np.float64)).max())
                         for out, exp in zip(outputs, expected)}
     return errors
+
+
+def format_errors(errors: dict[str, dict[str, float]]) -> str:
+    """One line per variant: its worst output, then every output's max absolute error."""
+    lines = []
+    for variant, per_output in errors.items():
+        worst = max(per_output, key=per_output.get)
+        lines.append(f"  {variant}: max abs error {per_output[worst]:.2e} ({worst}) over {len(per_output)} outputs")
+        lines += [f"    {name:<48} {err:.2e}" for name, err in per_output.items()]
+    return "\n".join(lines)

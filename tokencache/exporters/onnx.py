@@ -13,6 +13,9 @@ import torch.fx as fx
 
 from ..passes.noop_squeeze import drop_noop_squeezes
 
+EXPORTERS = ("dynamo", "torchscript")
+OPSETS = (18, 19, 20)           # GatherElements/ScatterElements and LayerNormalization all exist from 18 on
+
 
 class FrozenVariant(torch.nn.Module):
     """A variant graph with its parameter placeholders bound to buffers: forward takes only the
@@ -40,13 +43,20 @@ def io_names(runtime, variant: str) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
+def check_exporter(exporter: str, opset: int) -> None:
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if opset not in OPSETS:
+        raise ValueError(f"opset must be one of {', '.join(map(str, OPSETS))}, got {opset!r}")
+
+
 def export_variant(runtime, variant: str, example: list, path: Path, exporter: str = "dynamo", opset: int = 18) -> None:
     """`example`: values for the variant's non-parameter inputs, in io_names order."""
-    if exporter not in ("dynamo", "torchscript"):
-        raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
+    check_exporter(exporter, opset)
     module = FrozenVariant(runtime.variants[variant], [gi.kind for gi in runtime.inputs], runtime.example_inputs).eval()
     inputs, outputs = io_names(runtime, variant)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, tuple(example), str(path), input_names=inputs, output_names=outputs,
-                          opset_version=opset, dynamo=exporter == "dynamo", external_data=False)
+                          opset_version=opset, dynamo=exporter == "dynamo", external_data=False,
+                          verbose=False)

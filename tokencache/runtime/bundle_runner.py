@@ -1,6 +1,7 @@
-"""Replay whole generations from a bundle with onnxruntime: the manifest alone says which variant
-runs at each step and how state flows. State stays in OrtValues between steps (on the GPU with the
-CUDA provider, where onnxruntime has one), so no host copies happen between variants."""
+"""Replay whole generations from a bundle: the manifest alone says which variant runs at each step
+and how state flows. `BundleReplay` holds what every backend shares (input checks, schedule, state
+wiring); `OnnxBundleRunner` runs the variants with onnxruntime through I/O binding, so state stays
+in OrtValues on the provider's device between steps (on the GPU with the CUDA provider)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,6 @@ from ..exporters.manifest import BundleError, check_state, load_manifest
 from ..policies import get_policy
 from .session import Session
 
-
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
               "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
 
@@ -22,79 +22,131 @@ class BundleInputError(ValueError):
     """An input does not match the bundle's signature; the message names it."""
 
 
-class OnnxBundleRunner:
-    def __init__(self, bundle: str | Path, providers: list[str] | None = None, verify: bool = True):
-        import onnxruntime as ort
+def _dtype_name(value) -> str:
+    return str(value.dtype).replace("torch.", "")
 
+
+class BundleReplay:
+    """Schedule and state wiring of a bundle; subclasses say how values live and how a variant runs:
+    `_to_device`, `_zeros`, `_shape_dtype`, `_run(variant, feeds) -> {output name: value}`, `_to_output`."""
+
+    def __init__(self, bundle: str | Path, verify: bool = True):
         self.dir = Path(bundle)
         self.manifest = load_manifest(self.dir, verify=verify)
         self.config = CacheConfig(**self.manifest["config"])
         self.policy = get_policy(self.manifest["policy"])
-        available = ort.get_available_providers()
-        self.providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.session = Session(self.config.num_steps)
-        self._ort = ort
-        self._sessions: dict = {}
         self.signature = {s["name"]: s for s in self.manifest["signature"]["inputs"]}
 
-    def _ort_session(self, variant: str):
-        if variant not in self._sessions:
-            path = self.dir / self.manifest["variants"][variant]["file"]
-            self._sessions[variant] = self._ort.InferenceSession(str(path), providers=self.providers)
-        return self._sessions[variant]
-
-    def _value(self, array: np.ndarray):
-        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
-
-    def check_inputs(self, inputs: dict) -> dict[str, np.ndarray]:
+    def check_inputs(self, inputs: dict) -> dict:
+        """The inputs, unchanged, once their names, shapes and dtypes match the manifest's signature."""
         missing = sorted(set(self.signature) - set(inputs))
         extra = sorted(set(inputs) - set(self.signature))
         if missing or extra:
             raise BundleInputError(f"inputs must be exactly {sorted(self.signature)}; missing {missing}, unexpected {extra}")
-        arrays = {}
         for name, value in inputs.items():
-            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            if not isinstance(value, (torch.Tensor, np.ndarray)):
+                raise BundleInputError(f"input {name!r} must be a torch.Tensor or numpy array, got {type(value).__name__}")
             spec = self.signature[name]
-            if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"]:
-                raise BundleInputError(f"input {name!r} has shape {list(array.shape)} {array.dtype}; the bundle was "
-                                       f"exported for {spec['shape']} {spec['dtype']}")
-            arrays[name] = array
-        return arrays
+            if list(value.shape) != spec["shape"] or _dtype_name(value) != spec["dtype"]:
+                raise BundleInputError(f"input {name!r} has shape {list(value.shape)} {_dtype_name(value)}; the bundle "
+                                       f"was exported for {spec['shape']} {spec['dtype']}")
+        return inputs
 
     def new_generation(self) -> None:
         self.session.reset()
 
-    def __call__(self, **inputs) -> list[np.ndarray]:
-        arrays = self.check_inputs(inputs)
-        key = self.manifest["timestep_input"]
-        t = float(arrays[key].reshape(-1)[0]) if key else None
+    def _variant_for(self, step: int) -> str:
         schedule = self.manifest["schedule"]
-        variant, step, state = self.session.begin(t, lambda s: schedule[s] if s < len(schedule) else schedule[0])
+        return schedule[step] if step < len(schedule) else schedule[0]   # past the schedule: compute fully
+
+    def __call__(self, **inputs) -> list:
+        self.check_inputs(inputs)
+        key = self.manifest["timestep_input"]
+        t = float(inputs[key].reshape(-1)[0]) if key else None
+        variant, step, state = self.session.begin(t, self._variant_for)
         spec = self.manifest["variants"][variant]
-        feeds = {f"input.{name}": self._value(a) for name, a in arrays.items()}
+        feeds = {f"input.{name}": self._to_device(value) for name, value in inputs.items()}
         for k in spec["state_in"]:
             if k not in state:
                 if k not in spec["state_init"]:
                     raise BundleError(f"variant {variant!r} needs state {k!r} that no earlier step produced")
-                init = spec["state_init"][k]
-                state[k] = self._value(np.zeros(init["shape"], dtype=init["dtype"]))
+                state[k] = self._zeros(spec["state_init"][k]["shape"], spec["state_init"][k]["dtype"])
             feeds[f"state.{k}"] = state[k]
-        host = self.policy.host_inputs(variant, step, self.session.fresh_steps, self.config) if spec["host_in"] else {}
-        for name in spec["host_in"]:
-            feeds[f"host.{name}"] = self._value(host[name].numpy())
-        session = self._ort_session(variant)
-        wanted = {i.name for i in session.get_inputs()}      # onnxruntime may prune unused inputs
-        outs = session.run_with_ort_values(spec["outputs"], {k: v for k, v in feeds.items() if k in wanted})
-        num = len(spec["outputs"]) - len(spec["state_out"])
-        for k, value in zip(spec["state_out"], outs[num:]):
-            check_state(self.manifest, k, value.shape(), _ORT_TYPES.get(value.data_type(), value.data_type()))
+        if spec["host_in"]:
+            host = self.policy.host_inputs(variant, step, self.session.fresh_steps, self.config)
+            feeds.update({f"host.{name}": self._to_device(host[name]) for name in spec["host_in"]})
+        outs = self._run(variant, feeds)
+        for k in spec["state_out"]:
+            value = outs[f"new_state.{k}"]
+            check_state(self.manifest, k, *self._shape_dtype(value))
             state[k] = value
         self.session.calls[variant] += 1
-        return [o.numpy() for o in outs[:num]]
+        return [self._to_output(outs[name]) for name in spec["outputs"] if name.startswith("output.")]
 
 
-def bind_like(runner: OnnxBundleRunner, model: torch.nn.Module, tuple_output: bool = True):
+class OnnxBundleRunner(BundleReplay):
+    """onnxruntime: CUDA provider where onnxruntime has one, else CPU. Model outputs come back as
+    numpy arrays; state never leaves the provider's device."""
+
+    def __init__(self, bundle: str | Path, providers: list[str] | None = None, verify: bool = True):
+        import onnxruntime as ort
+
+        super().__init__(bundle, verify)
+        available = ort.get_available_providers()
+        self.providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        unknown = [p for p in self.providers if p not in available]
+        if unknown:
+            raise ValueError(f"onnxruntime provider {unknown[0]!r} is not available here; available: {available}")
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self._ort = ort
+        self._sessions: dict = {}
+
+    def _ort_session(self, variant: str):
+        if variant not in self._sessions:
+            path = self.dir / self.manifest["variants"][variant]["file"]
+            session = self._ort.InferenceSession(str(path), providers=self.providers)
+            self._check_state_inputs(path, session)
+            self._sessions[variant] = session
+        return self._sessions[variant]
+
+    def _check_state_inputs(self, path: Path, session) -> None:
+        """The ONNX file's state inputs must have the shapes the manifest declares for that state."""
+        for arg in session.get_inputs():
+            if not arg.name.startswith("state."):
+                continue
+            key = arg.name[len("state."):]
+            declared = self.manifest["state"].get(key)
+            if declared is not None and list(arg.shape) != declared["shape"]:
+                raise BundleError(f"{path.name}: state tensor {key!r} is {list(arg.shape)} in the ONNX file; the "
+                                  f"manifest declares {declared['shape']}")
+
+    def _to_device(self, value):
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def _zeros(self, shape, dtype):
+        return self._to_device(np.zeros(shape, dtype=dtype))
+
+    def _shape_dtype(self, value):
+        return value.shape(), _ORT_TYPES.get(value.data_type(), value.data_type())
+
+    def _to_output(self, value):
+        return value.numpy()
+
+    def _run(self, variant: str, feeds: dict) -> dict:
+        session = self._ort_session(variant)
+        outputs = self.manifest["variants"][variant]["outputs"]
+        binding = session.io_binding()
+        for arg in session.get_inputs():            # onnxruntime may have pruned unused inputs
+            binding.bind_ortvalue_input(arg.name, feeds[arg.name])
+        for name in outputs:                        # allocated by onnxruntime on the provider's device
+            binding.bind_output(name, self.device, 0)
+        session.run_with_iobinding(binding)
+        return dict(zip(outputs, binding.get_outputs()))
+
+
+def bind_like(runner: BundleReplay, model: torch.nn.Module, tuple_output: bool = True):
     """A callable with `model.forward`'s signature that runs the bundle: arguments are bound to
     parameter names, nested dicts flattened to the manifest's dotted names, None dropped."""
     import inspect
@@ -113,6 +165,6 @@ def bind_like(runner: OnnxBundleRunner, model: torch.nn.Module, tuple_output: bo
         inputs: dict = {}
         for name, value in bound.arguments.items():
             flatten(name, value, inputs)
-        outs = tuple(torch.from_numpy(o) for o in runner(**inputs))
+        outs = tuple(o if isinstance(o, torch.Tensor) else torch.from_numpy(o) for o in runner(**inputs))
         return outs if tuple_output else outs[0]
     return call

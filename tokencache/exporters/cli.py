@@ -1,0 +1,84 @@
+"""`tokencache export`: the parser and the command, kept beside the exporters so that the top-level
+cli.py only wires them in (`add_export_parser(sub)`, then `run_export(args)`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..config import POLICIES
+from .onnx import EXPORTERS, OPSETS
+from .tensorrt import PRECISIONS
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    exp = subparsers.add_parser("export", help="ONNX bundle (+ TensorRT engines) of every graph variant, with manifest")
+    exp.add_argument("--model", default="embedded",
+                     help="embedded (default), embedded-pixart, dit-s, pixart-1k, or package.module:factory")
+    exp.add_argument("--policy", choices=POLICIES, default="toca")
+    exp.add_argument("--interval", type=_positive_int, default=3)
+    exp.add_argument("--ratio", type=_ratio, default=0.25)
+    exp.add_argument("--steps", type=_positive_int, default=50, help="steps per generation of the schedule")
+    exp.add_argument("--out", type=Path, default=Path("bundle"))
+    exp.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
+                     help="torch.onnx exporter: dynamo (default) or the older TorchScript one as a fallback")
+    exp.add_argument("--opset", type=int, choices=OPSETS, default=18)
+    exp.add_argument("--check", action="store_true",
+                     help="compare every variant's ONNX with PyTorch (polygraphy's onnxruntime runner)")
+    exp.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs tensorrt and a GPU)")
+    exp.add_argument("--precision", choices=PRECISIONS, default="fp16")
+    exp.add_argument("--opt-level", type=int, choices=range(6), default=3, metavar="{0..5}",
+                     help="TensorRT builder optimisation level")
+    exp.add_argument("--timing-cache", type=Path, default=None,
+                     help="TensorRT timing cache to read and update (default: <out>/timing.cache)")
+    return exp
+
+
+def run_export(args) -> int:
+    from . import export
+    from .tensorrt import TensorRTUnavailable, build_engines, tensorrt_missing
+    from ..profiling.targets import TargetError, load_target
+
+    reason = tensorrt_missing() if args.tensorrt else None
+    if reason:                                  # fail before spending minutes on the export
+        print(f"tokencache export --tensorrt: {reason}", file=sys.stderr)
+        return 2
+    try:
+        target = load_target(args.model)
+    except TargetError as e:
+        print(f"tokencache export: {e}", file=sys.stderr)
+        return 2
+    from .. import compile as tc_compile
+
+    compiled = tc_compile(target.model, policy=args.policy, interval=args.interval, ratio=args.ratio,
+                          num_steps=args.steps, inner="eager")
+    target.step(compiled, target.init(), 0, args.steps)          # one call captures the graphs
+    out = export(compiled, args.out, exporter=args.exporter, opset=args.opset)
+    print(f"wrote bundle {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    if args.check:
+        from .check import check_bundle, format_errors
+
+        print(format_errors(check_bundle(compiled, out)))
+    if args.tensorrt:
+        try:
+            build_engines(out, precision=args.precision, timing_cache=args.timing_cache,
+                          optimization_level=args.opt_level)
+        except TensorRTUnavailable as e:
+            print(f"tokencache export --tensorrt: {e}", file=sys.stderr)
+            return 2
+        print(f"built TensorRT engines ({args.precision}) into {out}")
+    return 0
