@@ -51,19 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--trace", default=None, help="write a torch.profiler (chrome) trace of one cached generation")
     prof.add_argument("--quick", action="store_true", help="few steps, eager, 2 rounds")
 
-    exp = sub.add_parser("export", help="ONNX bundle (+ TensorRT engines) of every graph variant, with manifest")
-    exp.add_argument("--model", default="embedded", help="embedded (default), embedded-pixart, dit-s, pixart-1k, or package.module:factory")
-    exp.add_argument("--policy", choices=POLICIES, default="toca")
-    exp.add_argument("--interval", type=_positive_int, default=3)
-    exp.add_argument("--ratio", type=_ratio, default=0.25)
-    exp.add_argument("--steps", type=_positive_int, default=50, help="steps per generation of the schedule")
-    exp.add_argument("--out", type=Path, default=Path("bundle"))
-    exp.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
-    exp.add_argument("--opset", type=int, default=18)
-    exp.add_argument("--check", action="store_true", help="compare every variant's ONNX with PyTorch (polygraphy + onnxruntime)")
-    exp.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs tensorrt and a GPU)")
-    exp.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
-    exp.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation level 0..5")
+    from .exporters.cli import add_export_parser
+    add_export_parser(sub)
     return parser
 
 
@@ -88,42 +77,8 @@ def main(argv=None) -> int:
     elif args.command == "profile":
         return _profile(args)
     elif args.command == "export":
-        return _export(args)
-    return 0
-
-
-def _export(args) -> int:
-    from .exporters import export
-    from .exporters.tensorrt import TensorRTUnavailable, build_engines, tensorrt_missing
-    from .profiling.targets import TargetError, load_target
-
-    if args.tensorrt and tensorrt_missing():          # fail before spending minutes on the export
-        print(f"tokencache export --tensorrt: {tensorrt_missing()}", file=sys.stderr)
-        return 2
-    try:
-        target = load_target(args.model)
-    except TargetError as e:
-        print(f"tokencache export: {e}", file=sys.stderr)
-        return 2
-    from . import compile as tc_compile
-    compiled = tc_compile(target.model, policy=args.policy, interval=args.interval, ratio=args.ratio,
-                          num_steps=args.steps, inner="eager")
-    target.step(compiled, target.init(), 0, args.steps)           # one call captures the graphs
-    out = export(compiled, args.out, exporter=args.exporter, opset=args.opset)
-    print(f"wrote bundle {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
-    if args.check:
-        from .exporters.check import check_bundle
-        for variant, errors in check_bundle(compiled, out).items():
-            worst = max(errors.values())
-            print(f"  {variant}: max abs error {worst:.2e} over {len(errors)} outputs "
-                  f"(" + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()) + ")")
-    if args.tensorrt:
-        try:
-            build_engines(out, precision=args.precision, optimization_level=args.opt_level)
-        except TensorRTUnavailable as e:
-            print(f"tokencache export --tensorrt: {e}", file=sys.stderr)
-            return 2
-        print(f"built TensorRT engines ({args.precision}) into {out}")
+        from .exporters.cli import run_export
+        return run_export(args)
     return 0
 
 
