@@ -51,15 +51,33 @@ def load_manifest(directory: Path | str, verify: bool = True) -> dict:
         if key not in manifest:
             raise BundleError(f"{path}: missing field {key!r}")
     for name, variant in manifest["variants"].items():
-        file = directory / variant["file"]
-        if not file.exists():
-            raise BundleError(f"variant {name!r}: file {file} is missing")
-        if verify and sha256(file) != variant["sha256"]:
-            raise BundleError(f"variant {name!r}: sha256 of {file} does not match the manifest (file changed or corrupted)")
+        files = [(variant["file"], variant["sha256"])]
+        if "engine" in variant:                  # TensorRT plan, once `export --tensorrt` built it
+            files.append((variant["engine"]["file"], variant["engine"]["sha256"]))
+        for relative, digest in files:
+            file = directory / relative
+            if not file.exists():
+                raise BundleError(f"variant {name!r}: file {file} is missing")
+            if verify and sha256(file) != digest:
+                raise BundleError(f"variant {name!r}: sha256 of {file} does not match the manifest (file changed or corrupted)")
+    _check_wiring(path, manifest)
     unknown = sorted(set(manifest["schedule"]) - set(manifest["variants"]))
     if unknown:
         raise BundleError(f"{path}: schedule names variant {unknown[0]!r} that the bundle does not contain")
     return manifest
+
+
+def _check_wiring(path: Path, manifest: dict) -> None:
+    """Every state tensor a variant reads or writes is declared, and every one it reads is written
+    by some variant or may start as zeros: otherwise the schedule cannot be replayed."""
+    written = {k for v in manifest["variants"].values() for k in v["state_out"]}
+    for name, variant in manifest["variants"].items():
+        for key in variant["state_in"] + variant["state_out"]:
+            if key not in manifest["state"] and key not in variant.get("state_init", {}):
+                raise BundleError(f"{path}: variant {name!r} uses state tensor {key!r} that the manifest does not declare")
+        for key in variant["state_in"]:
+            if key not in written and key not in variant.get("state_init", {}):
+                raise BundleError(f"{path}: variant {name!r} reads state tensor {key!r} that no variant writes")
 
 
 def check_state(manifest: dict, key: str, shape, dtype: str) -> None:

@@ -47,24 +47,36 @@ def builder_settings(precision: str = "fp16", timing_cache: str | Path | None = 
     return settings
 
 
+def engine_jobs(bundle: str | Path, timing_cache: str | Path | None = None) -> tuple[list[tuple], Path]:
+    """(variant, ONNX path, plan path) per variant of a validated bundle, and the timing cache path
+    (default `<bundle>/timing.cache`). Plain Python: no TensorRT needed."""
+    bundle = Path(bundle)
+    manifest = load_manifest(bundle)
+    jobs = [(name, bundle / v["file"], bundle / f"{name}.plan") for name, v in manifest["variants"].items()]
+    return jobs, Path(timing_cache) if timing_cache else bundle / "timing.cache"
+
+
 def build_engines(bundle: str | Path, precision: str = "fp16", timing_cache: str | Path | None = None,
                   optimization_level: int = 3, progress: bool = True) -> dict:
     """Build `<variant>.plan` for every variant and record them in manifest.json."""
+    builder_settings(precision, None, optimization_level)      # bad flags fail first, TensorRT or not
     reason = tensorrt_missing()
     if reason:
         raise TensorRTUnavailable(reason)
+    import tensorrt
     from polygraphy.backend.trt import CreateConfig, engine_from_network, network_from_onnx_path, save_engine
 
     bundle = Path(bundle)
     manifest = load_manifest(bundle)
-    cache = str(timing_cache or bundle / "timing.cache")
-    settings = builder_settings(precision, cache if Path(cache).exists() else None, optimization_level)
-    for name, variant in tqdm(manifest["variants"].items(), desc="building engines", disable=not progress):
-        network = network_from_onnx_path(str(bundle / variant["file"]))
-        engine = engine_from_network(network, config=CreateConfig(**settings), save_timing_cache=cache)
-        plan = bundle / f"{name}.plan"
+    jobs, cache = engine_jobs(bundle, timing_cache)
+    for name, onnx_path, plan in tqdm(jobs, desc="building engines", disable=not progress):
+        # re-read per engine: variants share most layers, so later builds reuse earlier timings
+        settings = builder_settings(precision, cache if cache.exists() else None, optimization_level)
+        network = network_from_onnx_path(str(onnx_path))
+        engine = engine_from_network(network, config=CreateConfig(**settings), save_timing_cache=str(cache))
         save_engine(engine, str(plan))
-        variant["engine"] = {"file": plan.name, "sha256": sha256(plan), "precision": precision,
-                             "optimization_level": optimization_level}
+        manifest["variants"][name]["engine"] = {
+            "file": plan.name, "sha256": sha256(plan), "precision": precision,
+            "optimization_level": optimization_level, "tensorrt_version": tensorrt.__version__}
     write_manifest(bundle, manifest)
     return manifest
