@@ -1,7 +1,7 @@
 """Export the embedded model's tokencache variants as an ONNX bundle, replay a whole generation with
 onnxruntime, and — where TensorRT and an NVIDIA GPU exist — build engines and replay them too.
 
-    python examples/export_tensorrt.py [--policy toca] [--steps 20] [--out bundle_demo]
+    python examples/export_tensorrt.py [--policy toca] [--steps 20] [--out bundle_demo] [--precision fp16]
 """
 import argparse
 
@@ -9,9 +9,13 @@ import torch
 
 import tokencache
 from tokencache.exporters.tensorrt import build_engines, tensorrt_missing
-from tokencache.models.fashion_dit import NULL_LABEL, load_default_model
+from tokencache.models.fashion_dit import load_default_model
 from tokencache.models.sampling import make_noise, sample
 from tokencache.runtime.bundle_runner import OnnxBundleRunner, bind_like
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
 
 
 def main():
@@ -19,6 +23,7 @@ def main():
     p.add_argument("--policy", default="toca")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", default="bundle_demo")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
     args = p.parse_args()
 
     model = load_default_model()
@@ -30,26 +35,19 @@ def main():
 
     runner = OnnxBundleRunner(bundle)
     replayed = sample(bind_like(runner, model), noise, labels, steps=args.steps)
-    err = ((replayed - expected).norm() / expected.norm()).item()
-    print(f"onnxruntime replay of {args.steps} steps: relative error {err:.2e} vs the PyTorch runtime; "
-          f"variant calls {dict(runner.session.calls)}")
+    print(f"onnxruntime ({runner.providers[0]}) replay of {args.steps} steps: relative error "
+          f"{rel(replayed, expected):.2e} vs the PyTorch runtime; variant calls {dict(runner.session.calls)}")
 
     reason = tensorrt_missing()
     if reason:
         print(f"TensorRT skipped: {reason}")
         return
     from tokencache.runtime.tensorrt_runner import TensorRTBundleRunner
-    build_engines(bundle, precision="fp16")
-    trt = TensorRTBundleRunner(bundle)
-    x = noise.clone()
-    sigmas = torch.linspace(1, 0, args.steps + 1)
-    for i in range(args.steps):
-        t = (sigmas[i] * 1000).expand(8).contiguous()
-        v = trt(hidden_states=torch.cat([x, x]), timestep=t,
-                class_labels=torch.cat([labels, torch.full_like(labels, NULL_LABEL)]))[0].cpu()
-        cond, uncond = v.chunk(2)
-        x = x + (sigmas[i + 1] - sigmas[i]) * (uncond + 2.0 * (cond - uncond))
-    print(f"TensorRT replay: relative error {((x - expected).norm() / expected.norm()).item():.2e}")
+    build_engines(bundle, precision=args.precision)
+    for graphs in (False, True):
+        trt = TensorRTBundleRunner(bundle, cuda_graphs=graphs)
+        got = sample(bind_like(trt, model), noise.cuda(), labels.cuda(), steps=args.steps).cpu()
+        print(f"TensorRT {args.precision} replay (CUDA graphs {graphs}): relative error {rel(got, expected):.2e}")
 
 
 if __name__ == "__main__":

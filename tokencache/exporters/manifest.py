@@ -3,9 +3,11 @@
     format_version, tokencache_version, config (CacheConfig fields), policy, schedule (variant per
     step), timestep_input, signature {inputs, outputs: [{name, shape, dtype}]}, state {key: {shape,
     dtype}}, variants {name: {file, sha256, inputs, outputs, state_in, state_out, host_in,
-    state_init}}. State flows by name: a variant's output "new_state.<key>" is the next variant's input
-    "state.<key>"; state a variant does not output keeps its value; state listed in `state_init`
-    may start as zeros.
+    state_init, engine?}}. State flows by name: a variant's output "new_state.<key>" is the next
+    variant's input "state.<key>"; state a variant does not output keeps its value; state listed in
+    `state_init` may start as zeros. `engine` {file, sha256, precision, optimization_level,
+    tensorrt_version} appears once `tokencache export --tensorrt` has built the variant's plan.
+    State is kept per call position (a model called twice per step, e.g. for CFG halves, has two).
 """
 from __future__ import annotations
 

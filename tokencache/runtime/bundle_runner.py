@@ -147,8 +147,9 @@ class OnnxBundleRunner(BundleReplay):
 
 
 def bind_like(runner: BundleReplay, model: torch.nn.Module, tuple_output: bool = True):
-    """A callable with `model.forward`'s signature that runs the bundle: arguments are bound to
-    parameter names, nested dicts flattened to the manifest's dotted names, None dropped."""
+    """A callable with `model.forward`'s signature that runs the bundle (any BundleReplay): arguments
+    are bound to parameter names, nested dicts flattened to the manifest's dotted names, None dropped;
+    outputs are torch tensors on the inputs' device."""
     import inspect
 
     signature = inspect.signature(model.forward)
@@ -165,6 +166,7 @@ def bind_like(runner: BundleReplay, model: torch.nn.Module, tuple_output: bool =
         inputs: dict = {}
         for name, value in bound.arguments.items():
             flatten(name, value, inputs)
-        outs = tuple(o if isinstance(o, torch.Tensor) else torch.from_numpy(o) for o in runner(**inputs))
+        device = next(iter(inputs.values())).device        # outputs come back where the inputs were
+        outs = tuple(torch.as_tensor(o).to(device) for o in runner(**inputs))
         return outs if tuple_output else outs[0]
     return call
