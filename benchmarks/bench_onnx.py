@@ -1,7 +1,7 @@
 """onnxruntime (CPU) generation time: the uncached bundle (policy none) vs cached bundles, interleaved.
 
     python benchmarks/bench_onnx.py --model embedded --steps 50 --rounds 5
-    python benchmarks/bench_onnx.py --model dit-s --steps 20 --rounds 5
+    python benchmarks/bench_onnx.py --model dit-s --steps 20 --rounds 5 --settings none,toca
 """
 from __future__ import annotations
 
@@ -23,16 +23,29 @@ SETTINGS = {"none": dict(policy="none"), "toca r=0.25 N=3": dict(policy="toca", 
             "fora N=3": dict(policy="fora", interval=3), "taylorseer N=3": dict(policy="taylorseer", interval=3)}
 
 
+def _pick(text: str) -> dict:
+    """Settings whose policy is listed (comma-separated); the uncached baseline is always timed."""
+    wanted = {p.strip() for p in text.split(",") if p.strip()} | {"none"}
+    unknown = wanted - {o["policy"] for o in SETTINGS.values()}
+    if unknown:
+        raise SystemExit(f"unknown setting {sorted(unknown)[0]!r}; choose from "
+                         f"{', '.join(o['policy'] for o in SETTINGS.values())}")
+    return {n: o for n, o in SETTINGS.items() if o["policy"] in wanted}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--settings", default=",".join(o["policy"] for o in SETTINGS.values()),
+                   help="policies to time beside the uncached bundle (comma-separated)")
     args = p.parse_args(argv)
+    settings = _pick(args.settings)
     target = load_target(args.model)
     work = tempfile.mkdtemp(prefix="tokencache_bench_onnx_")
     runners, flops = {}, {}
-    for name, options in tqdm(SETTINGS.items(), desc="exporting bundles"):
+    for name, options in tqdm(settings.items(), desc="exporting bundles"):
         compiled = tokencache.compile(target.model, num_steps=args.steps, inner="eager", **options)
         target.step(compiled, target.init(), 0, args.steps)
         report = tokencache.report(compiled)

@@ -2,6 +2,7 @@
 TensorRT settings (engines themselves need TensorRT and a GPU)."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,9 @@ STEPS = 6
 ROUND_TRIPS = [("reference", dict(policy="none")), ("reference", dict(policy="fora")),
                ("reference", dict(policy="toca")), ("reference", dict(policy="duca", aggressive="skip")),
                ("reference", dict(policy="taylorseer")), ("reference", dict(policy="clusca", clusters=4)),
-               ("diffusers_dit", dict(policy="toca", attention="tokens")), ("pixart", dict(policy="toca"))]
+               ("diffusers_dit", dict(policy="none")), ("diffusers_dit", dict(policy="fora")),
+               ("diffusers_dit", dict(policy="toca", attention="tokens")),
+               ("pixart", dict(policy="none")), ("pixart", dict(policy="fora")), ("pixart", dict(policy="toca"))]
 
 
 def _exported(case_name, options, directory, **export_options):
@@ -43,6 +46,23 @@ def test_bundle_replays_the_generation(case_name, options, tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert len(manifest["schedule"]) == STEPS
     assert sum(runner.session.calls.values()) == 2 * STEPS
+
+
+EMBEDDED_WEIGHTS = Path(tokencache.__file__).parent / "models" / "weights" / "fashion_dit.pt"
+
+
+@pytest.mark.skipif(not EMBEDDED_WEIGHTS.exists(), reason=f"embedded model weights not shipped yet ({EMBEDDED_WEIGHTS})")
+def test_embedded_model_bundle_replays_cfg_sampling(tmp_path):
+    from tokencache.models.fashion_dit import load_default_model
+    from tokencache.models.sampling import make_noise, sample
+
+    model = load_default_model()
+    compiled = tokencache.compile(model, policy="toca", num_steps=STEPS, inner="eager")
+    noise_, labels = make_noise(2), torch.tensor([1, 7])
+    expected = sample(compiled, noise_, labels, steps=STEPS)
+    tokencache.export(compiled, tmp_path, progress=False)
+    got = sample(bind_like(OnnxBundleRunner(tmp_path), model), noise_, labels, steps=STEPS)
+    assert rel_err(got, expected) <= 1e-4
 
 
 def test_torchscript_exporter_fallback_at_opset_20(tmp_path):
