@@ -11,7 +11,6 @@ import platform
 import tempfile
 from datetime import date
 
-import torch
 from tqdm import tqdm
 
 import tokencache

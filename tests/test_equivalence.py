@@ -1,6 +1,5 @@
 """Settings that must reproduce the uncompiled model exactly (fp32, relative error <= 1e-4)."""
 import pytest
-import torch
 
 import tokencache
 from tiny_models import ALL_CASES, generate, noise, rel_err

@@ -1,6 +1,5 @@
 """FLOP reductions of whole generations on the DiT-S-shaped config (counted, not timed)."""
 import pytest
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import tokencache

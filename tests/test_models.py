@@ -1,5 +1,4 @@
 """The embedded model: data, weights, sampling, classifier, training smoke test, error cases."""
-import io
 from pathlib import Path
 
 import pytest

@@ -1,6 +1,5 @@
 """Policies beyond ToCa (DuCa, TaylorSeer) and varying ratios: degenerate cases, exactness of the
 forecast, static schedules, zero recompiles, FLOPs and cache memory."""
-import math
 
 import pytest
 import torch

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 import torch.fx as fx
 
 from ..config import CacheConfig
