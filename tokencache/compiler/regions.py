@@ -33,7 +33,6 @@ class Region:
     out_features: int
     token_wise: bool          # can run on K gathered rows
     reason: str | None = None  # why not token-wise
-    query_users: list[str] = field(default_factory=list)  # attention: region nodes reading the input on the query path
     attention: str | None = None                           # the SDPA node
     token_axes: dict[str, int] = field(default_factory=dict)  # token-path node -> its token axis
     value: str | None = None                               # attention: the SDPA's value input node
@@ -177,9 +176,8 @@ def _attention_region(name, block, members, candidates, out, sdpa) -> Region | s
         kind = "self_attention" if feeds[1] and feeds[2] else "cross_attention"
         B, N, C = shape_of(x)
         q_path = ancestors(q) | {q.name}
-        users = [u.name for u in x.users if u.name in q_path and u in members]
         region = Region(name, block, kind, [n.name for n in members], x.name, out.name, B, N, C,
-                        shape_of(out)[2], token_wise=True, query_users=users, attention=sdpa.name,
+                        shape_of(out)[2], token_wise=True, attention=sdpa.name,
                         value=v.name if isinstance(v, fx.Node) else None)
         try:
             member_q = [n for n in members if n.name in q_path]
