@@ -1,212 +1,532 @@
-"""tokencache vs diffusers' cache hooks and cache-dit on the embedded trained DiT.
+"""tokencache vs diffusers' cache hooks and cache-dit's DBCache, on the same model, sampler and seeds.
 
-    python benchmarks/bench_peers.py --samples 16 --steps 50 --rounds 2
+    python benchmarks/bench_peers.py --config embedded --samples 200 --steps 50 --rounds 3
+    python benchmarks/bench_peers.py --config 1k --steps 20 --rounds 3          # speed only
 
-Everything runs eagerly (the hook-based peers are Python-level and are not compiled), same sampler,
-steps, seeds and CFG. FLOPs: one generation under FlopCounterMode for the peers (their skipped work
-is not executed, so it is not counted), tokencache's per-variant graph counts for tokencache.
-Measured speed-up: interleaved rounds against the uncached model, median. Peers that cannot run on
-this model are listed with the reason instead of numbers.
+`--config embedded`: the shipped Fashion-MNIST DiT (diffusers `DiTTransformer2DModel`, 64 tokens).
+Quality: one generation of `--samples` images per method (Euler flow matching, CFG 2.0 as a doubled
+batch, noise seed 0, labels i % 10), compared with the uncached model's images of the same noise:
+PSNR/SSIM, FD_clf (Fréchet distance in the in-project classifier's features) against the uncached
+samples, and class accuracy. `--config 1k`: random weights, 1024 tokens (sample 64, patch 2, 6
+layers of hidden 384), speed only.
+
+FLOP speed-up: the peers run eagerly, so one whole generation is counted under
+`torch.utils.flop_counter.FlopCounterMode` (skipped work is not executed, hence not counted);
+tokencache counts FLOPs per variant graph and reports per-generation totals (`tokencache.report`).
+Measured speed-up: `--time-samples` images per generation, one untimed warm-up round, then
+`--rounds` interleaved rounds (uncached, method 1, method 2, ... per round); the ratio is the median
+over rounds of (uncached seconds / method seconds), paired round by round. Every cache is reset
+between generations (tokencache.new_generation, diffusers' reset_stateful_hooks, cache-dit's
+refresh_context).
+
+`--inner` picks tokencache's inner backend and the uncached baseline's: "eager" (default; the
+baseline is then the plain module, which is also how every hook-based peer runs) or "inductor"
+(baseline = the same model compiled through tokencache with policy="none"; the hook-based peers stay
+eager, so only the tokencache rows are then compared like with like).
+
+Where a method cannot run on a model, the table says why instead of giving numbers; a method that
+runs but changes nothing is reported as such.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import io
 import json
+import math
 import os
 import platform
+import statistics
+import time
 import traceback
-from datetime import date
+from datetime import datetime, timezone
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
 
 import tokencache
-from tokencache.models.classifier import load_classifier
-from tokencache.models.data import to_image_space
-from tokencache.models.fashion_dit import load_default_model
+from tokencache.models.fashion_dit import CONFIG, build_model, load_default_model
 from tokencache.models.sampling import make_noise, sample
-from tokencache.profiling import metrics
-from tokencache.profiling.timing import interleaved, median_ratio
+from tokencache.profiling.timing import interleaved
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+CONFIG_1K = dict(CONFIG, sample_size=64, patch_size=2, num_attention_heads=6, attention_head_dim=64, num_layers=6)
 
 TOKENCACHE = {
-    "tokencache fora N=3": dict(policy="fora", interval=3),
-    "tokencache toca r=0.25 N=3": dict(policy="toca", interval=3, ratio=0.25),
-    "tokencache duca r=0.25 N=4": dict(policy="duca", interval=4, ratio=0.25),
-    "tokencache taylorseer N=3 o=2": dict(policy="taylorseer", interval=3, order=2),
-    "tokencache taylorseer N=5 o=2": dict(policy="taylorseer", interval=5, order=2),
+    "fora N=2": dict(policy="fora", interval=2),
+    "fora N=3": dict(policy="fora", interval=3),
+    "toca r=0.25 N=3": dict(policy="toca", interval=3, ratio=0.25),
+    "toca r=0.25 N=5": dict(policy="toca", interval=5, ratio=0.25),
+    "duca r=0.25 N=3": dict(policy="duca", interval=3, ratio=0.25),
+    "taylorseer N=3 o=2": dict(policy="taylorseer", interval=3, order=2),
+    "taylorseer N=5 o=2": dict(policy="taylorseer", interval=5, order=2),
+    "clusca N=5": dict(policy="clusca", interval=5),
 }
+# a representative subset for the speed-only 1024-token table (one generation there costs ~20x more)
+SUBSET_1K = ["uncached", "tokencache fora N=3", "tokencache toca r=0.25 N=3", "tokencache taylorseer N=3 o=2",
+             "tokencache duca r=0.25 N=3", "diffusers FirstBlockCache t=0.1", "diffusers PAB skip=2",
+             "diffusers TaylorSeerCache N=3 o=1", "diffusers FasterCache", "diffusers MagCache t=0.06",
+             "cache-dit DBCache F1B0 r=0.08", "cache-dit DBCache F1B0 r=0.08 + TaylorSeer o=1"]
 
 
-class WithCacheContext(torch.nn.Module):
-    """Calls a model with diffusers' cache hooks the way a pipeline would: inside a cache context
-    that names the call and the step, and with the current timestep available to callbacks."""
+# ----------------------------------------------------------------------------------------------
+# diffusers' hooks: called the way a diffusers pipeline calls a CacheMixin transformer
+# ----------------------------------------------------------------------------------------------
 
-    def __init__(self, model, steps):
+class DiffusersCall(torch.nn.Module):
+    """Calls a model carrying diffusers cache hooks as a pipeline would: inside a cache context
+    (`CacheContext`, what `CacheMixin.cache_context` sets; DiTTransformer2DModel is not a CacheMixin)
+    naming the call and the step, with the current timestep available to the hooks' callbacks.
+
+    `uncond_first`: FasterCache assumes diffusers' batch order [uncond; cond]; our sampler passes
+    [cond; uncond], so the halves are swapped on the way in and back on the way out."""
+
+    def __init__(self, model, steps, uncond_first=False):
         super().__init__()
-        self.model, self.steps, self.calls, self.timestep = model, steps, 0, 1000.0
+        self.model, self.steps, self.uncond_first = model, steps, uncond_first
+        self.calls, self.timestep = 0, 1000.0
 
     def reset(self):
         from diffusers.hooks import HookRegistry
         self.calls = 0
         HookRegistry.check_if_exists_or_initialize(self.model).reset_stateful_hooks(recurse=True)
 
+    @staticmethod
+    def _swap(x):
+        a, b = x.chunk(2)
+        return torch.cat([b, a])
+
     def forward(self, **kwargs):
         from diffusers.hooks.hooks import CacheContext, _set_cache_context
         self.timestep = float(kwargs["timestep"].reshape(-1)[0])
+        if self.uncond_first:
+            kwargs = {k: self._swap(v) if torch.is_tensor(v) else v for k, v in kwargs.items()}
         step = self.calls % self.steps
         self.calls += 1
-        _set_cache_context(self.model, CacheContext("cfg", step_index=step, num_inference_steps=self.steps,
+        _set_cache_context(self.model, CacheContext("cfg_batch", step_index=step, num_inference_steps=self.steps,
                                                     timestep=self.timestep))
         try:
-            return self.model(**kwargs)
+            out = self.model(**kwargs)
         finally:
             _set_cache_context(self.model, None)
+        if self.uncond_first:
+            out = (self._swap(out[0]), *out[1:])
+        return out
 
 
-def diffusers_peers(steps):
+def mag_ratios(make_model, steps, noise, labels):
+    """MagCache's own calibration mode (no skipping) on calibration noise; it prints the ratios."""
+    from diffusers import hooks
+    model = make_model()
+    wrapper = DiffusersCall(model, steps)
+    hooks.apply_mag_cache(model, hooks.MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        sample(wrapper, noise, labels, steps=steps)
+    lines = [l for l in buf.getvalue().splitlines() if l.startswith("[") and not l.startswith("[MagCache]")]
+    if not lines:
+        raise RuntimeError("MagCache calibration printed no ratios")
+    return [float(r) for r in ast.literal_eval(lines[-1])]
+
+
+def diffusers_peers(make_model, steps, calib):
     from diffusers import hooks
 
-    def make(apply):
+    def make(apply, uncond_first=False):
         def build():
-            model = load_default_model()
-            wrapper = WithCacheContext(model, steps)
+            model = make_model()
+            wrapper = DiffusersCall(model, steps, uncond_first)
             apply(model, wrapper)
-            return wrapper
+            return wrapper, wrapper.reset
         return build
-    return {
-        "diffusers FirstBlockCache t=0.05": make(lambda m, w: hooks.apply_first_block_cache(m, hooks.FirstBlockCacheConfig(threshold=0.05))),
-        "diffusers FirstBlockCache t=0.15": make(lambda m, w: hooks.apply_first_block_cache(m, hooks.FirstBlockCacheConfig(threshold=0.15))),
-        "diffusers PAB skip=2": make(lambda m, w: hooks.apply_pyramid_attention_broadcast(m, hooks.PyramidAttentionBroadcastConfig(
-            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(0, 1000),
-            current_timestep_callback=lambda: w.timestep))),
-        "diffusers TaylorSeerCache N=3 o=1": make(lambda m, w: hooks.apply_taylorseer_cache(m, hooks.TaylorSeerCacheConfig(
-            cache_interval=3, disable_cache_before_step=1, max_order=1))),
-        "diffusers FasterCache": make(lambda m, w: hooks.apply_faster_cache(m, hooks.FasterCacheConfig(
-            spatial_attention_block_skip_range=2, current_timestep_callback=lambda: w.timestep))),
-        "diffusers MagCache": make(lambda m, w: hooks.apply_mag_cache(m, hooks.MagCacheConfig(num_inference_steps=steps))),
-    }
+
+    # DiT's attention modules are named transformer_blocks.<i>.attn1: the TaylorSeerCache default
+    # identifiers (re.fullmatch of "^transformer_blocks.*attn") match none of them, so it would be a
+    # no-op; we name the attention and feed-forward outputs as the TaylorSeer paper caches them.
+    taylor_ids = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
+    ratios = {}
+
+    def mag(threshold):
+        def apply(m, w):
+            if "r" not in ratios:
+                ratios["r"] = mag_ratios(make_model, steps, *calib)
+            hooks.apply_mag_cache(m, hooks.MagCacheConfig(threshold=threshold, num_inference_steps=steps,
+                                                          mag_ratios=ratios["r"]))
+        return apply
+
+    peers = {f"diffusers FirstBlockCache t={t}": make(lambda m, w, t=t: hooks.apply_first_block_cache(
+        m, hooks.FirstBlockCacheConfig(threshold=t))) for t in (0.05, 0.1, 0.2)}
+    peers.update({f"diffusers PAB skip={s}": make(lambda m, w, s=s: hooks.apply_pyramid_attention_broadcast(
+        m, hooks.PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=s,
+                                                 spatial_attention_timestep_skip_range=(100, 800),
+                                                 current_timestep_callback=lambda: w.timestep))) for s in (2, 3)})
+    peers.update({f"diffusers TaylorSeerCache N={n} o=1": make(lambda m, w, n=n: hooks.apply_taylorseer_cache(
+        m, hooks.TaylorSeerCacheConfig(cache_interval=n, disable_cache_before_step=3, max_order=1,
+                                       taylor_factors_dtype=torch.float32, cache_identifiers=taylor_ids)))
+        for n in (3, 5)})
+    peers["diffusers FasterCache"] = make(lambda m, w: hooks.apply_faster_cache(m, hooks.FasterCacheConfig(
+        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 681),
+        unconditional_batch_skip_range=5, unconditional_batch_timestep_skip_range=(-1, 641),
+        current_timestep_callback=lambda: w.timestep, attention_weight_callback=lambda _: 0.5,
+        tensor_format="BCHW",
+        _unconditional_conditional_input_kwargs_identifiers=["hidden_states", "timestep", "class_labels"])),
+        uncond_first=True)
+    peers.update({f"diffusers MagCache t={t}": make(mag(t)) for t in (0.06, 0.12)})
+    return peers
 
 
-def cache_dit_peer(threshold, calibrate):
+# ----------------------------------------------------------------------------------------------
+# cache-dit: a transformer-only BlockAdapter with its own DiT patch functor
+# ----------------------------------------------------------------------------------------------
+
+def cache_dit_peer(make_model, steps, threshold, order):
     def build():
+        import logging
+
         import cache_dit
-        from cache_dit import BlockAdapter, DBCacheConfig, ForwardPattern
-        model = load_default_model()
-        kwargs = {}
-        if calibrate:
-            from cache_dit import TaylorSeerCalibratorConfig
-            kwargs["calibrator_config"] = TaylorSeerCalibratorConfig(taylorseer_order=1)
-        cache_dit.enable_cache(BlockAdapter(transformer=model, blocks=model.transformer_blocks,
-                                            forward_pattern=ForwardPattern.Pattern_3),
-                               cache_config=DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0,
-                                                          residual_diff_threshold=threshold), **kwargs)
-        return model
+        from cache_dit import (
+            BlockAdapter,
+            DBCacheConfig,
+            ForwardPattern,
+            TaylorSeerCalibratorConfig,
+        )
+        from cache_dit.caching.patch_functors import DiTPatchFunctor
+        logging.getLogger("cache_dit").setLevel(logging.WARNING)
+        model = make_model()
+        kwargs = {"calibrator_config": TaylorSeerCalibratorConfig(taylorseer_order=order)} if order else {}
+        # the "DiT" adapter cache-dit registers for DiTPipeline, minus the pipeline: Pattern_3 blocks and
+        # DiTPatchFunctor (diffusers' DiT forward reads transformer_blocks[0].norm1, which the swapped-in
+        # cached block list does not have). CFG is one batched call, so no separate-CFG context.
+        adapter = BlockAdapter(transformer=model, blocks=model.transformer_blocks,
+                               forward_pattern=ForwardPattern.Pattern_3, patch_functor=DiTPatchFunctor())
+        cache_dit.enable_cache(adapter, cache_config=DBCacheConfig(
+            Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
+            num_inference_steps=steps, enable_separate_cfg=False), **kwargs)
+        # without a pipeline nothing resets the context between generations: refresh it explicitly
+        return model, lambda: cache_dit.refresh_context(model, num_inference_steps=steps)
     return build
+
+
+def cache_dit_quiet():
+    import logging
+    for name in list(logging.root.manager.loggerDict):
+        if "cache_dit" in name.lower() or "cache-dit" in name.lower():
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def candidates(make_model, steps, inner, calib):
+    def tc(options):
+        def build():
+            model = tokencache.compile(make_model(), num_steps=steps, inner=inner, **options)
+            return model, lambda: tokencache.new_generation(model)
+        return build
+
+    if inner == "eager":
+        out = {"uncached": lambda: (make_model(), lambda: None)}
+    else:
+        out = {"uncached": tc(dict(policy="none"))}
+    out.update({f"tokencache {name}": tc(o) for name, o in TOKENCACHE.items()})
+    out.update(diffusers_peers(make_model, steps, calib))
+    for threshold in (0.08, 0.2):
+        out[f"cache-dit DBCache F1B0 r={threshold}"] = cache_dit_peer(make_model, steps, threshold, 0)
+        out[f"cache-dit DBCache F1B0 r={threshold} + TaylorSeer o=1"] = cache_dit_peer(make_model, steps, threshold, 1)
+    return out
+
+
+def family(name):
+    return name.split()[0]
+
+
+def short_error(e):
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:200]}"
+
+
+def generate(model, reset, noise, labels, steps):
+    reset()
+    return sample(model, noise, labels, steps=steps)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--config", choices=["embedded", "1k"], default="embedded")
+    p.add_argument("--samples", type=int, default=200, help="images for the quality metrics (embedded)")
+    p.add_argument("--time-samples", type=int, default=None,
+                   help="images per timed generation (default 16 embedded, 1 for 1k)")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--inner", choices=["eager", "inductor"], default="eager")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the 2-core machine is shared)")
+    p.add_argument("--only", default="", help="comma-separated substrings: run only matching methods")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/peers[_1k].json)")
     args = p.parse_args(argv)
-    torch._dynamo.config.recompile_limit = 64      # several tokencache compilations of one forward()
-    noise, labels = make_noise(args.samples, 7), torch.arange(args.samples) % 10
-    base_model = load_default_model()
-    candidates = {"uncached": lambda: base_model}
-    candidates.update({name: (lambda o=o: tokencache.compile(load_default_model(), num_steps=args.steps, inner="eager", **o))
-                       for name, o in TOKENCACHE.items()})
-    candidates.update(diffusers_peers(args.steps))
-    candidates["cache-dit DBCache F1B0 r=0.08"] = cache_dit_peer(0.08, False)
-    candidates["cache-dit DBCache F1B0 r=0.08 + TaylorSeer"] = cache_dit_peer(0.08, True)
+    torch.set_num_threads(args.threads)
+    torch._dynamo.config.recompile_limit = 256  # many tokencache compilations of the one forward()
+    torch._dynamo.config.accumulated_recompile_limit = 4096
+    embedded = args.config == "embedded"
+    suffix = "" if embedded else "_1k"
+    json_path = args.out or os.path.join(RESULTS, f"peers{suffix}.json")
+    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    time_n = args.time_samples or (16 if embedded else 1)
+    if embedded:
+        make_model = load_default_model
+        shape = (1, 32, 32)
+    else:
+        make_model = lambda: build_model(CONFIG_1K).eval()
+        shape = (1, 64, 64)
 
-    models, images, flops, failures = {}, {}, {}, {}
-    for name, build in tqdm(candidates.items(), desc="building and checking"):
+    def noise_of(n, seed):
+        return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed)) if not embedded \
+            else make_noise(n, seed)
+    calib = (noise_of(time_n, 1), torch.arange(time_n) % 10)       # MagCache calibration: other seeds
+    time_noise, time_labels = noise_of(time_n, 2), torch.arange(time_n) % 10
+    q_noise, q_labels = noise_of(args.samples, 0), torch.arange(args.samples) % 10
+
+    cands = candidates(make_model, args.steps, args.inner, calib)
+    if not embedded:
+        cands = {k: v for k, v in cands.items() if k in SUBSET_1K}
+    if args.only:
+        keys = [s.strip() for s in args.only.split(",")]
+        cands = {k: v for k, v in cands.items() if k == "uncached" or any(s in k for s in keys)}
+
+    t_start = time.time()
+    models, failures, flops, images, reports = {}, {}, {}, {}, {}
+    # 1. build; quality generation (embedded) or one generation (1k) that also counts the FLOPs
+    for name, build in cands.items():
+        t0 = time.time()
         try:
-            model = build()
-            getattr(model, "reset", lambda: None)()
-            if name.startswith("tokencache"):
-                # not under FlopCounterMode: Dynamo runs compiled code eagerly inside dispatch modes
-                images[name] = to_image_space(sample(model, noise, labels, steps=args.steps))
-                report = tokencache.report(model)
-                flops[name] = report["flops_per_generation"] / report["flops_uncached_generation"]
+            model, reset = build()
+            cache_dit_quiet()
+            noise, labels = (q_noise, q_labels) if embedded else (time_noise, time_labels)
+            if name.startswith("tokencache") or (name == "uncached" and args.inner != "eager"):
+                # tokencache counts its FLOPs per variant graph; not under FlopCounterMode (Dynamo
+                # would run the compiled code eagerly inside a dispatch mode)
+                out = generate(model, reset, noise, labels, args.steps)
+                rep = tokencache.report(model)
+                flops[name] = ("ratio", rep["flops_uncached_generation"] / rep["flops_per_generation"])
+                reports[name] = {k: rep.get(k) for k in ("flops_per_generation", "flops_uncached_generation",
+                                                         "fallback_reason", "recompiles")}
+                if rep.get("fallback_reason"):
+                    raise RuntimeError(f"tokencache fell back to uncached: {rep['fallback_reason']}")
             else:
                 with FlopCounterMode(display=False) as counter:
-                    images[name] = to_image_space(sample(model, noise, labels, steps=args.steps))
-                flops[name] = counter.get_total_flops()
-            models[name] = model
-        except Exception as e:
-            failures[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-            traceback.print_exc(limit=1)
-    base_flops = flops["uncached"]
+                    out = generate(model, reset, noise, labels, args.steps)
+                flops[name] = ("count", counter.get_total_flops())
+            if embedded:
+                from tokencache.models.data import to_image_space
+                images[name] = to_image_space(out)
+            else:
+                images[name] = out
+            models[name] = (model, reset)
+            print(f"{name}: ok ({time.time() - t0:.0f} s)", flush=True)
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run on this model: report why
+            failures[name] = short_error(e)
+            print(f"{name}: FAILED {failures[name]}", flush=True)
+            traceback.print_exc(limit=-2)
+    if "uncached" not in models:
+        raise SystemExit(f"the uncached model failed: {failures.get('uncached')}")
+    base_flops = flops["uncached"][1] if flops["uncached"][0] == "count" else None
 
-    def generation(name):
+    # 2. interleaved timing
+    def timed(name):
+        model, reset = models[name]
+
         def run():
-            import time
-            getattr(models[name], "reset", lambda: None)()
+            reset()
             start = time.perf_counter()
-            sample(models[name], noise, labels, steps=args.steps)
+            sample(model, time_noise, time_labels, steps=args.steps, guidance=args.guidance)
             return [time.perf_counter() - start]
         return run
-    with tqdm(total=args.rounds * len(models), desc="interleaved generations") as bar:
-        timed = interleaved({n: generation(n) for n in models}, args.rounds, warmup=1, progress=bar)
+    t1 = time.time()
+    # embedded: the quality generation used another batch size (a new tokencache graph): warm up.
+    # 1k: the first generation above had the timing shape already.
+    rounds = interleaved({n: timed(n) for n in models}, args.rounds, warmup=1 if embedded else 0)
+    timing_s = time.time() - t1
+    base_rounds = [r[0] for r in rounds["uncached"]]
 
-    classifier = load_classifier()
+    # 3. metrics
     rows = []
-    for name in candidates:
+    classifier = load_classifier() if embedded else None
+    for name in cands:
         if name in failures:
-            rows.append({"method": name, "error": failures[name]})
+            rows.append({"method": name, "family": family(name), "error": failures[name]})
             continue
-        flop_speedup = 1 / flops[name] if name.startswith("tokencache") else base_flops / flops[name]
-        psnr = metrics.psnr(images["uncached"], images[name])
-        note = "no effect on this model: output identical, no work skipped" if (
-            name != "uncached" and flop_speedup < 1.01 and psnr == float("inf")) else ""
-        rows.append({"method": name, "flop_speedup": flop_speedup, "note": note,
-                     "measured_speedup": 1 / median_ratio(timed[name], timed["uncached"]),
-                     "psnr_db": psnr,
-                     "ssim": metrics.ssim(images["uncached"], images[name]),
-                     "class_accuracy": metrics.class_accuracy(classifier, images[name], labels)})
-    machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
-    print(f"\n### peers on the embedded DiT: {args.samples} samples, {args.steps} steps, CFG 2, all eager, "
-          f"{args.rounds} interleaved rounds ({date.today()}, {machine})\n")
-    print("| method | FLOP speed-up | measured speed-up | PSNR dB | SSIM | class acc | note |")
-    print("|---|---|---|---|---|---|---|")
+        kind, value = flops[name]
+        if kind == "ratio":
+            flop_speedup = value
+        else:
+            flop_speedup = base_flops / value if base_flops else float("nan")
+        times = [r[0] for r in rounds[name]]
+        row = {"method": name, "family": family(name), "flop_speedup": flop_speedup,
+               "measured_speedup": statistics.median(b / t for b, t in zip(base_rounds, times)),
+               "median_generation_s": statistics.median(times), "round_s": times}
+        row["efficiency"] = row["measured_speedup"] / flop_speedup
+        if name in reports:
+            row["tokencache_report"] = reports[name]
+        if embedded:
+            from tokencache.profiling import metrics
+            ref = images["uncached"]
+            row.update(psnr_db=metrics.psnr(ref, images[name]), ssim=metrics.ssim(ref, images[name]),
+                       fd_clf_vs_uncached=0.0 if name == "uncached" else abs(metrics.fd_clf(classifier, ref, images[name])),
+                       class_accuracy=metrics.class_accuracy(classifier, images[name], q_labels))
+            identical = torch.equal(images[name], ref)
+            if name != "uncached" and identical:
+                row["note"] = "no effect on this model: output identical to uncached"
+        else:
+            rel = (images[name] - images["uncached"]).norm() / images["uncached"].norm()
+            row["rel_l2_random_weights"] = float(rel)
+        rows.append(row)
+    if embedded:
+        mark_pareto(rows)
+        try:
+            from tokencache.models.data import load as load_data
+            real, _ = load_data("test")
+            from tokencache.models.data import to_image_space
+            from tokencache.profiling import metrics
+            real_ref = metrics.fd_clf(classifier, to_image_space(real[:args.samples * 5]), images["uncached"])
+        except Exception as e:  # noqa: BLE001 - data package missing: not needed for the table
+            real_ref = None
+            print("no real-data reference:", short_error(e))
+    else:
+        real_ref = None
+
+    meta = {
+        "config": args.config, "args": vars(args), "time_samples": time_n,
+        "model": "embedded trained Fashion-MNIST DiT (64 tokens, 6 layers, hidden 128)" if embedded else
+                 "random-weight DiTTransformer2DModel, 1024 tokens (sample 64, patch 2), 6 layers, hidden 384",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores ({platform.processor() or 'cpu'}), "
+                   f"torch {torch.__version__}, {args.threads} torch thread(s)",
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "runtime_s": round(time.time() - t_start), "timing_s": round(timing_s),
+        "fd_clf_uncached_vs_real_test": real_ref,
+        "versions": versions(),
+    }
+    with open(json_path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+    print(table(rows, embedded, meta))
+    if embedded:
+        plot(rows, os.path.join(os.path.dirname(json_path), "peers_pareto.png"), meta)
+    print(f"\nwrote {json_path} ({meta['runtime_s']} s)")
+
+
+def load_classifier():
+    from tokencache.models.classifier import load_classifier as load
+    return load()
+
+
+def versions():
+    out = {}
+    for mod in ("diffusers", "cache_dit"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            out[mod] = None
+    out["tokencache"] = tokencache.__version__
+    return out
+
+
+def mark_pareto(rows):
+    """For each row: which row of another family beats it on both measured speed-up and PSNR."""
+    ok = [r for r in rows if "error" not in r]
+    for r in ok:
+        if r["method"] == "uncached":
+            continue
+        better = [o for o in ok if o is not r and o["measured_speedup"] >= r["measured_speedup"]
+                  and o["psnr_db"] >= r["psnr_db"]
+                  and (o["measured_speedup"] > r["measured_speedup"] or o["psnr_db"] > r["psnr_db"])]
+        r["dominated_by"] = [o["method"] for o in better]
+        r["pareto"] = not better
+        if r["family"] != "tokencache":
+            r["beats_tokencache_somewhere"] = not any(o["family"] == "tokencache" for o in better) and \
+                r["measured_speedup"] > 1.0 and not r.get("note")
+
+
+def fmt(x, spec):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞"
+    return format(x, spec)
+
+
+def table(rows, embedded, meta):
+    lines = []
+    if embedded:
+        lines.append("| method | FLOP speed-up | measured speed-up | efficiency | PSNR dB | SSIM | FD_clf vs uncached "
+                     "| class acc | speed/PSNR front |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+    else:
+        lines.append("| method | FLOP speed-up | measured speed-up | efficiency | generation (median s) | note |")
+        lines.append("|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['method']} | – | – | – | – | – | cannot run on this model: {r['error']} |")
+            n = 9 if embedded else 6
+            lines.append(f"| {r['method']} |" + " – |" * (n - 2) + f" cannot run on this model: {r['error']} |")
+            continue
+        if embedded:
+            if r["method"] == "uncached":
+                front = "reference"
+            elif r.get("note"):
+                front = r["note"]
+            elif r.get("beats_tokencache_somewhere"):
+                front = "**peer not dominated by any tokencache setting**" + \
+                        ("" if r["pareto"] else f" (dominated by {', '.join(r['dominated_by'][:2])})")
+            elif r["pareto"]:
+                front = "on the front"
+            else:
+                front = "dominated by " + ", ".join(r["dominated_by"][:2]) + \
+                        (f" +{len(r['dominated_by']) - 2}" if len(r["dominated_by"]) > 2 else "")
+            lines.append(f"| {r['method']} | {fmt(r['flop_speedup'], '.2f')}x | {fmt(r['measured_speedup'], '.2f')}x | "
+                         f"{fmt(r['efficiency'], '.2f')} | {fmt(r['psnr_db'], '.2f')} | {fmt(r['ssim'], '.4f')} | "
+                         f"{fmt(r['fd_clf_vs_uncached'], '.2f')} | {fmt(r['class_accuracy'], '.3f')} | {front} |")
         else:
-            print(f"| {r['method']} | {r['flop_speedup']:.2f}x | {r['measured_speedup']:.2f}x | {r['psnr_db']:.2f} | "
-                  f"{r['ssim']:.4f} | {r['class_accuracy']:.3f} | {r['note']} |")
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "peers.json"), "w") as f:
-        json.dump({"rows": rows, "args": vars(args), "machine": machine, "date": str(date.today())}, f, indent=1)
-    plot(rows, os.path.join(os.path.dirname(__file__), "results", "peers_pareto.png"))
+            note = f"output differs from uncached: rel. L2 {r['rel_l2_random_weights']:.3g}" \
+                if r["method"] != "uncached" else "reference"
+            if r["method"] != "uncached" and r["rel_l2_random_weights"] == 0:
+                note = "no effect: output identical to uncached"
+            lines.append(f"| {r['method']} | {fmt(r['flop_speedup'], '.2f')}x | {fmt(r['measured_speedup'], '.2f')}x | "
+                         f"{fmt(r['efficiency'], '.2f')} | {fmt(r['median_generation_s'], '.2f')} | {note} |")
+    head = (f"{meta['model']}; {meta['args']['steps']} steps, CFG {meta['args']['guidance']}, inner "
+            f"{meta['args']['inner']}; timing: {meta['time_samples']} image(s) per generation, "
+            f"{meta['args']['rounds']} interleaved rounds; {meta['machine']}; {meta['date_utc']} UTC")
+    return head + "\n\n" + "\n".join(lines)
 
 
-def plot(rows, path):
-    import math
-
+def plot(rows, path, meta):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    families = {"tokencache": "tab:blue", "diffusers": "tab:orange", "cache-dit": "tab:green", "uncached": "black"}
-    for r in rows:
-        if "error" in r:
+    colours = {"tokencache": "tab:blue", "diffusers": "tab:orange", "cache-dit": "tab:green", "uncached": "black"}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ok = [r for r in rows if "error" not in r]
+    finite = [r["psnr_db"] for r in ok if math.isfinite(r["psnr_db"])]
+    top = (max(finite) if finite else 40) + 5
+    for fam, colour in colours.items():
+        pts = sorted([(r["measured_speedup"], top if math.isinf(r["psnr_db"]) else r["psnr_db"], r["method"])
+                      for r in ok if r["family"] == fam])
+        if not pts:
             continue
-        family = r["method"].split()[0]
-        psnr = 60.0 if math.isinf(r["psnr_db"]) else r["psnr_db"]
-        ax.scatter(r["measured_speedup"], psnr, color=families.get(family, "gray"), label=family)
-        ax.annotate(r["method"].replace("tokencache ", "").replace("diffusers ", ""), (r["measured_speedup"], psnr),
-                    fontsize=6, xytext=(3, 2), textcoords="offset points")
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=8)
-    ax.set_xlabel("measured speed-up vs uncached (eager, x)")
-    ax.set_ylabel("PSNR vs uncached images (dB; identical at 60)")
-    ax.set_title("embedded DiT: speed vs fidelity")
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, label=fam, zorder=3)
+        front, best = [], -1e9            # the family's own front: highest PSNR at each speed and above
+        for x, y, _ in sorted(pts, key=lambda p: -p[0]):
+            if y > best:
+                front.append((x, y))
+                best = y
+        if fam != "uncached" and len(front) > 1:
+            ax.plot([p[0] for p in front], [p[1] for p in front], color=colour, alpha=0.5, zorder=2)
+        for x, y, name in pts:
+            ax.annotate(name.replace("tokencache ", "").replace("diffusers ", "").replace("cache-dit ", ""),
+                        (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.axhline(top, color="gray", lw=0.5, ls=":")
+    ax.set_xlabel(f"measured speed-up vs uncached (x; {meta['args']['inner']}, {meta['time_samples']} images/generation)")
+    ax.set_ylabel(f"PSNR vs uncached images (dB; identical plotted at {top:.0f})")
+    ax.set_title(f"embedded DiT, {meta['args']['steps']} steps: speed vs fidelity ({meta['date_utc'][:10]})")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
