@@ -89,6 +89,20 @@ def test_training_smoke(tmp_path):
     assert all(v.dtype == torch.float16 for v in state.values())
 
 
+
+def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
+    """The checkpoint restores every RNG, the label dropout's global one included."""
+    from tokencache.models.train import train
+
+    images = torch.rand(32, 1, 32, 32) * 2 - 1
+    labels = torch.arange(32) % 10
+    kw = dict(minutes=5, batch=16, data=(images, labels), progress=False)
+    train(tmp_path / "once", max_steps=4, **kw)
+    train(tmp_path / "twice", max_steps=2, **kw)
+    train(tmp_path / "twice", max_steps=4, **kw)
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["model"] for d in ("once", "twice"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
 pixart_weights = pytest.mark.skipif(
     not (Path(__file__).parents[1] / "tokencache/models/weights/fashion_pixart.pt").exists(),
     reason="the PixArt sibling's weights are not shipped in this checkout")

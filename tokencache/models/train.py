@@ -52,11 +52,13 @@ def train(out: Path, minutes: float, max_steps: int | None = None, batch: int = 
         ckpt = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(ckpt["model"]); ema.load_state_dict(ckpt["ema"]); opt.load_state_dict(ckpt["opt"])
         gen.set_state(ckpt["rng"]); state = ckpt["state"]
+        if "torch_rng" in ckpt:   # the label dropout draws from the global RNG (build_model reseeds it)
+            torch.set_rng_state(ckpt["torch_rng"])
         print(f"resumed at step {state['step']} ({state['seconds'] / 60:.1f} min)")
 
     def save():
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "rng": gen.get_state(), "state": state}, ckpt_path)
+                    "rng": gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state}, ckpt_path)
 
     budget = minutes * 60
     start, last_save = time.perf_counter() - state["seconds"], time.perf_counter()
