@@ -6,23 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli import _positive_int, _ratio
 from ..config import POLICIES
 from .onnx import EXPORTERS, OPSETS
 from .tensorrt import PRECISIONS
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
