@@ -46,12 +46,17 @@ def load_state(name: str) -> dict:
         raise WeightsError(f"weights file {ref} is corrupted or not a tokencache checkpoint ({e})") from e
 
 
-def load_default_model() -> torch.nn.Module:
-    """The shipped EMA weights (stored fp16) in an fp32 model, eval mode."""
-    ckpt = load_state(WEIGHTS)
-    model = build_model(ckpt.get("config", CONFIG))
+def load_shipped(name: str, build, default_config: dict) -> torch.nn.Module:
+    """A shipped checkpoint (EMA weights stored fp16) in an fp32 model from `build(config)`, eval mode."""
+    ckpt = load_state(name)
+    model = build(ckpt.get("config", default_config))
     try:
         model.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
     except (KeyError, RuntimeError) as e:
-        raise WeightsError(f"weights file {WEIGHTS} does not match the model: {e}") from e
+        raise WeightsError(f"weights file {name} does not match the model: {e}") from e
     return model.eval()
+
+
+def load_default_model() -> torch.nn.Module:
+    """The embedded DiT with its shipped weights."""
+    return load_shipped(WEIGHTS, build_model, CONFIG)

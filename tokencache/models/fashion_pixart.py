@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .fashion_dit import NULL_LABEL, NUM_CLASSES, WeightsError, load_state
+from .fashion_dit import NULL_LABEL, NUM_CLASSES, load_shipped
 
 CONFIG = dict(num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=6,
               sample_size=32, patch_size=4, cross_attention_dim=128, caption_channels=64, norm_num_groups=1)
@@ -50,10 +50,4 @@ def build_model(config: dict | None = None) -> CaptionPixArt:
 
 
 def load_pixart_model() -> CaptionPixArt:
-    ckpt = load_state(WEIGHTS)
-    model = build_model(ckpt.get("config", CONFIG))
-    try:
-        model.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
-    except (KeyError, RuntimeError) as e:
-        raise WeightsError(f"weights file {WEIGHTS} does not match the model: {e}") from e
-    return model.eval()
+    return load_shipped(WEIGHTS, build_model, CONFIG)
