@@ -78,7 +78,7 @@ class ReferenceDiT(nn.Module):
         half = 128
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t.float()[:, None] * freqs[None]
-        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(self.pos.dtype)
 
     def forward(self, hidden_states, timestep, class_labels):
         B = hidden_states.shape[0]
