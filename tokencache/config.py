@@ -10,7 +10,7 @@ ATTENTION_MODES = ("reuse", "tokens")
 SELECTIONS = ("auto", "score", "random", "vnorm")
 AGGRESSIVE = ("reuse", "skip")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
-INNER_BACKENDS = ("eager", "inductor")
+INNER_BACKENDS = ("eager", "inductor", "cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,12 @@ class CacheConfig:
     attention:   "reuse": self-attention output is reused in token-wise steps (ToCa's choice);
                  "tokens": only the queries of the selected tokens are computed, keys/values see
                  all tokens (exact for the selected rows).
-    inner:       backend that compiles each graph variant.
+    inner:       backend that compiles each graph variant: "inductor", "eager" (tests, debugging) or
+                 "cudagraphs" (inductor, then each variant captured once as a CUDA graph and
+                 replayed; CUDA inputs only, a warning and plain inductor otherwise).
     strict:      raise instead of warning and falling back to the uncached model.
     staleness_weight, dynamics_weight, spatial_bonus, spatial_grid: the token score (see
-                 passes/scores.py): dynamics + staleness, then a bonus for the best token of
+                 passes/token_ops.py): dynamics + staleness, then a bonus for the best token of
                  every grid cell so that recomputed tokens spread over the image.
     cfg_shared_tokens: both halves of an even batch ([cond; uncond]) pick the same tokens.
     selection:   token selection in token-wise steps: "score" (above), "random" (in-graph seeded

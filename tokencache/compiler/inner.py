@@ -1,20 +1,34 @@
 """Inner backends: how one graph variant becomes a callable. Each variant is compiled once."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.fx as fx
 
+from ..config import INNER_BACKENDS
 
-def compile_variant(gm: fx.GraphModule, example_args: list, inner: str):
-    """`example_args`: real tensors in the variant's placeholder order."""
+
+def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_positions: list[int] = (),
+                    pool=None):
+    """`example_args`: real tensors in the variant's placeholder order; `param_positions`: which of
+    them are parameters (kept in place by CUDA graphs); `pool`: CUDA graph memory pool to share."""
     if inner == "eager":
         return gm
-    if inner == "inductor":
+    if inner in ("inductor", "cudagraphs"):
         # compile_fx directly, not a nested torch.compile: nested compiles count against
         # Dynamo's recompile limit and would show up as recompiles of the user's model.
         from torch._inductor.compile_fx import compile_fx
 
         from ..passes.graph_edit import copy_module
         with torch.no_grad():
-            return compile_fx(copy_module(gm), example_args)
-    raise ValueError(f"unknown inner backend {inner!r}; allowed: 'eager', 'inductor'")
+            fn = compile_fx(copy_module(gm), example_args)
+        if inner == "inductor":
+            return fn
+        from .cuda_graphs import CudaGraphVariant, on_cuda
+        if not on_cuda(example_args):
+            warnings.warn("tokencache: inner='cudagraphs' needs CUDA inputs; these are on the CPU, so the "
+                          "variants run inductor-compiled without CUDA graphs", stacklevel=4)
+            return fn
+        return CudaGraphVariant(fn, list(param_positions), pool=pool)
+    raise ValueError(f"unknown inner backend {inner!r}; allowed: {', '.join(map(repr, INNER_BACKENDS))}")

@@ -48,6 +48,7 @@ class CacheRuntime:
         self.param_positions = [gi.index for gi in inputs if gi.kind == "param"
                                 and isinstance(example_inputs[gi.index], torch.Tensor)]
         self._warned_long = False
+        self.graph_pool = None
 
     # -- per call ---------------------------------------------------------------------------
     def session_for(self, args) -> "Session":
@@ -109,7 +110,10 @@ class CacheRuntime:
 
     def _compiled(self, variant: str, full_args: list):
         if variant not in self.compiled:
-            self.compiled[variant] = compile_variant(self.variants[variant], full_args, self.config.inner)
+            if self.graph_pool is None and self.config.inner == "cudagraphs" and torch.cuda.is_available():
+                self.graph_pool = torch.cuda.graph_pool_handle()   # one pool: variants never run concurrently
+            self.compiled[variant] = compile_variant(self.variants[variant], full_args, self.config.inner,
+                                                     self.param_positions, self.graph_pool)
             self.compiles[variant] += 1
         return self.compiled[variant]
 
