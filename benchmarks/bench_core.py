@@ -2,6 +2,7 @@
 
     python benchmarks/bench_core.py --config dit-s --rounds 5
     python benchmarks/bench_core.py --config 1k --rounds 5
+    python benchmarks/bench_core.py --config dit-s --device cuda --dtype bfloat16 --inner cudagraphs
 
 For each configuration: per-variant latency (median), end-to-end speed-up over the uncached
 model compiled with the same inner backend (median of paired rounds), FLOP speed-up, and their
@@ -21,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 import tokencache
+from tokencache.config import INNER_BACKENDS
 from tokencache.models.reference_dit import ReferenceDiT
 from tokencache.profiling.timing import interleaved, median_ratio, per_variant, step_times
 
@@ -36,7 +38,7 @@ SETTINGS = {
 
 
 def make_generation(model, x0, labels, steps):
-    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    sigmas = torch.linspace(1.0, 0.0, steps + 1, device=x0.device)
 
     def generation():
         x = x0.clone()
@@ -46,7 +48,7 @@ def make_generation(model, x0, labels, steps):
             t = (sigmas[i] * 1000).expand(x.shape[0]).contiguous()
             x = x + (sigmas[i + 1] - sigmas[i]) * model(x, t, labels)
         with torch.no_grad():
-            return step_times(step, steps)
+            return step_times(step, steps, x0.device)
     return generation
 
 
@@ -56,14 +58,17 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--inner", default="inductor", choices=["inductor", "eager"])
+    p.add_argument("--inner", default="inductor", choices=list(INNER_BACKENDS))
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), help="subset of: " + ", ".join(SETTINGS))
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    model = ReferenceDiT(**CONFIGS[args.config]).eval()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    model = ReferenceDiT(**CONFIGS[args.config]).eval().to(device, dtype)
     cfg = CONFIGS[args.config]
-    x0 = torch.randn(args.batch, cfg["channels"], cfg["image"], cfg["image"])
-    labels = torch.arange(args.batch) % 10
+    x0 = torch.randn(args.batch, cfg["channels"], cfg["image"], cfg["image"]).to(device, dtype)
+    labels = (torch.arange(args.batch) % 10).to(device)
 
     compiled = {"uncached": tokencache.compile(model, policy="none", num_steps=args.steps, inner=args.inner)}
     for name in args.settings:
@@ -99,8 +104,10 @@ def main(argv=None):
         rows.append(row)
 
     machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
+    if device.type == "cuda":
+        machine += f", {torch.cuda.get_device_name(device)}"
     print(f"\n### {args.config}: {cfg}, batch {args.batch}, {args.steps} steps, inner={args.inner}, "
-          f"{args.rounds} interleaved rounds ({date.today()}, {machine})\n")
+          f"{args.device} {args.dtype}, {args.rounds} interleaved rounds ({date.today()}, {machine})\n")
     print("| setting | measured speed-up | FLOP speed-up | efficiency | variant latencies (median ms; latency/FLOP fraction of fresh) |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -110,7 +117,9 @@ def main(argv=None):
                 "" if vname in ("fresh", "plain") else
                 f" ({v['latency_fraction']:.3f} vs {v['flop_fraction']:.3f} = {v['latency_fraction'] / v['flop_fraction']:.2f}x)"))
         print(f"| {row['setting']} | {row['speedup']:.2f}x | {row['flop_speedup']:.2f}x | {row['efficiency']:.2f} | {'; '.join(parts)} |")
-    out = os.path.join(os.path.dirname(__file__), "results", f"core_{args.config}.json")
+    out = os.path.join(os.path.dirname(__file__), "results", f"core_{args.config}" + (
+        "" if (device.type, args.inner, args.dtype) == ("cpu", "inductor", "float32")
+        else f"_{device.type}_{args.inner}_{args.dtype}") + ".json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"config": args.config, "model": cfg, "args": vars(args), "machine": machine,
