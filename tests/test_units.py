@@ -1,4 +1,6 @@
 """Unit tests of the pieces: token scores and selection, the step clock, region analysis."""
+import operator
+
 import pytest
 import torch
 
@@ -107,3 +109,68 @@ def test_module_path_normalisation():
     class Node:
         meta = {"nn_module_stack": {"a": ("L['self'].__dict__['_modules']['transformer_blocks'].0.attn1.to_q", object)}}
     assert module_path(Node()) == "transformer_blocks.0.attn1.to_q"
+
+
+def _capture_with_inputs(model, *args):
+    captured = []
+
+    def backend(gm, example_inputs):
+        captured.append((gm, list(example_inputs)))
+        return gm.forward
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, backend=backend, dynamic=False)(*args)
+    return captured[0]
+
+
+def _weight_slices(gm) -> dict[str, int]:
+    """Row slices taken of weight parameters: node name -> rows."""
+    return {f"{n.args[0].name}:{n.name}": n.args[1].stop - n.args[1].start for n in gm.graph.nodes
+            if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], slice)
+            and n.args[0].op == "placeholder" and n.args[0].name.endswith("weight_")}
+
+
+def test_dead_chunks_split_the_linear_and_keep_the_output():
+    from tokencache.passes.dead_chunks import drop_dead_chunks
+
+    class Modulation(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 5 * 6)
+
+        def forward(self, c, x):
+            a, _, b, d, _ = self.lin(c).chunk(5, dim=1)
+            return x * a + b * d
+
+    torch.manual_seed(0)
+    gm, inputs = _capture_with_inputs(Modulation(), torch.randn(3, 8), torch.randn(3, 6))
+    pruned = drop_dead_chunks(gm)
+    assert sorted(_weight_slices(pruned).values()) == [6, 12]   # chunk 0 alone, chunks 2-3 together; 1 and 4 never computed
+    torch.testing.assert_close(pruned(*inputs)[0], gm(*inputs)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_dead_chunks_in_cached_variants_of_the_reference_dit():
+    """FORA's reuse step needs only the two gates of each block's six adaLN chunks; pruning them
+    leaves the variant's output unchanged."""
+    from tokencache.config import CacheConfig
+    from tokencache.models.reference_dit import ReferenceDiT
+    from tokencache.passes.dead_chunks import drop_dead_chunks
+    from tokencache.policies import get_policy
+
+    torch.manual_seed(0)
+    model = ReferenceDiT(image=8, hidden=32, depth=2, heads=2).eval()
+    gm, inputs = _capture_with_inputs(model, torch.randn(2, 4, 8, 8), torch.full((2,), 700.0), torch.tensor([1, 2]))
+    for policy, cached in [("fora", "reuse"), ("toca", "partial")]:
+        config = CacheConfig(policy=policy, num_steps=6, interval=3, ratio=0.5)
+        variants = get_policy(policy).variants(gm, analyse(gm), config)
+        fresh = variants["fresh"](*inputs)
+        info = variants["fresh"].meta["tokencache"]
+        state = dict(zip(info["state_out"], fresh[info["num_outputs"]:]))
+        raw = variants[cached]
+        args = inputs + [state[k] for k in raw.meta["tokencache"]["state_in"]]
+        pruned = drop_dead_chunks(raw)
+        live = {"fora": [32, 32], "toca": [4 * 32]}[policy]     # gates; gate_msa..gate_mlp
+        for block in range(2):
+            assert [w for name, w in _weight_slices(pruned).items() if f"blocks_modules_{block}_" in name] == live
+        for got, want in zip(pruned(*args), raw(*args)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@ import warnings
 import torch.fx as fx
 
 from ..config import CacheConfig
+from ..passes.dead_chunks import drop_dead_chunks
 from ..policies import get_policy
 from ..policies.none import NonePolicy
 from ..runtime.runtime import CacheRuntime
@@ -61,7 +62,9 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRunti
             raise TokenCacheError(message)
         warnings.warn(message, stacklevel=2)
         policy = NonePolicy()
-    variants = policy.variants(gm, analysis, config)
+    # A policy states what a variant computes; dropping the modulation chunks it leaves dead is
+    # the same clean-up for every policy.
+    variants = {name: drop_dead_chunks(v) for name, v in policy.variants(gm, analysis, config).items()}
     schedule = policy.schedule(config)
     timestep = find_timestep(inputs, example_inputs, config.timestep_input)
     computed = policy.computed_tokens(analysis, config)
