@@ -27,7 +27,7 @@ def fresh(gm: fx.GraphModule, cached: list[Region], scored: list[Region], select
             elif selection == "vnorm":
                 items[f"stale:{region.name}"] = gm.graph.call_function(token_ops.fresh_staleness, (x,))
             else:
-                items[f"ref:{region.name}"] = x
+                items[f"ref:{region.name}"] = gm.graph.call_function(token_ops.snapshot, (x,))
                 items[f"stale:{region.name}"] = gm.graph.call_function(token_ops.fresh_staleness, (x,))
     if selection == "vnorm":
         for region in scored:

@@ -46,6 +46,14 @@ def prior_scores(prior: torch.Tensor, stale: torch.Tensor, interval: int, weight
     return score - 1e-6 * torch.arange(score.shape[1], device=score.device, dtype=score.dtype) / score.shape[1]
 
 
+def snapshot(x: torch.Tensor) -> torch.Tensor:
+    """A fresh step's region input kept for later scores, stored row-major: a partial graph
+    computes its region input row-major, and comparing it with a snapshot of another layout (e.g.
+    a channel-major residual stream, as a transposed patch-embedding conv leaves it) costs a
+    transpose in every token-wise step."""
+    return x.contiguous()
+
+
 def value_norm_prior(value: torch.Tensor) -> torch.Tensor:
     """DuCa's "V" criterion from a fresh step's attention values (B, H, N, D): tokens whose value
     vectors are small across heads score high. Shifted to be >= 0, shape (B, N)."""
