@@ -52,11 +52,16 @@ def check_exporter(exporter: str, opset: int) -> None:
 
 def export_variant(runtime, variant: str, example: list, path: Path, exporter: str = "dynamo", opset: int = 18) -> None:
     """`example`: values for the variant's non-parameter inputs, in io_names order."""
+    module = FrozenVariant(runtime.variants[variant], [gi.kind for gi in runtime.inputs], runtime.example_inputs)
+    export_frozen(module, example, path, *io_names(runtime, variant), exporter=exporter, opset=opset)
+
+
+def export_frozen(module: FrozenVariant, example: list, path: Path, inputs: list[str], outputs: list[str],
+                  exporter: str = "dynamo", opset: int = 18) -> None:
+    """The one ONNX export of a frozen variant, for bundles and for the onnxruntime/TensorRT inner backends."""
     check_exporter(exporter, opset)
-    module = FrozenVariant(runtime.variants[variant], [gi.kind for gi in runtime.inputs], runtime.example_inputs).eval()
-    inputs, outputs = io_names(runtime, variant)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, tuple(example), str(path), input_names=inputs, output_names=outputs,
+        torch.onnx.export(module.eval(), tuple(example), str(path), input_names=inputs, output_names=outputs,
                           opset_version=opset, dynamo=exporter == "dynamo", external_data=False,
                           verbose=False)

@@ -64,19 +64,33 @@ def build_engines(bundle: str | Path, precision: str = "fp16", timing_cache: str
     if reason:
         raise TensorRTUnavailable(reason)
     import tensorrt
-    from polygraphy.backend.trt import CreateConfig, engine_from_network, network_from_onnx_path, save_engine
 
     bundle = Path(bundle)
     manifest = load_manifest(bundle)
     jobs, cache = engine_jobs(bundle, timing_cache)
     for name, onnx_path, plan in tqdm(jobs, desc="building engines", disable=not progress):
-        # re-read per engine: variants share most layers, so later builds reuse earlier timings
-        settings = builder_settings(precision, cache if cache.exists() else None, optimization_level)
-        network = network_from_onnx_path(str(onnx_path))
-        engine = engine_from_network(network, config=CreateConfig(**settings), save_timing_cache=str(cache))
-        save_engine(engine, str(plan))
+        build_engine(onnx_path, plan, precision, cache, optimization_level)
         manifest["variants"][name]["engine"] = {
             "file": plan.name, "sha256": sha256(plan), "precision": precision,
             "optimization_level": optimization_level, "tensorrt_version": tensorrt.__version__}
     write_manifest(bundle, manifest)
     return manifest
+
+
+def build_engine(onnx_path: Path, plan: Path, precision: str = "fp16", timing_cache: Path | None = None,
+                 optimization_level: int = 3) -> Path:
+    """One ONNX file -> one serialised engine at `plan` (needs TensorRT and a GPU). The timing cache
+    is read if it exists and written back: variants share most layers, so later builds reuse the
+    timings of earlier ones."""
+    reason = tensorrt_missing()
+    if reason:
+        raise TensorRTUnavailable(reason)
+    from polygraphy.backend.trt import CreateConfig, engine_from_network, network_from_onnx_path, save_engine
+
+    settings = builder_settings(precision, timing_cache if timing_cache and Path(timing_cache).exists() else None,
+                                optimization_level)
+    network = network_from_onnx_path(str(onnx_path))
+    engine = engine_from_network(network, config=CreateConfig(**settings),
+                                 save_timing_cache=str(timing_cache) if timing_cache else None)
+    save_engine(engine, str(plan))
+    return Path(plan)
