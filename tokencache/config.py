@@ -10,7 +10,7 @@ ATTENTION_MODES = ("reuse", "tokens")
 SELECTIONS = ("auto", "score", "random", "vnorm")
 AGGRESSIVE = ("reuse", "skip")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
-INNER_BACKENDS = ("eager", "inductor", "cudagraphs")
+INNER_BACKENDS = ("eager", "inductor", "cudagraphs", "onnxruntime", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,12 @@ class CacheConfig:
     attention:   "reuse": self-attention output is reused in token-wise steps (ToCa's choice);
                  "tokens": only the queries of the selected tokens are computed, keys/values see
                  all tokens (exact for the selected rows).
-    inner:       backend that compiles each graph variant: "inductor", "eager" (tests, debugging) or
+    inner:       backend that compiles each graph variant: "inductor"; "eager" (tests, debugging);
                  "cudagraphs" (inductor, then each variant captured once as a CUDA graph and
-                 replayed; CUDA inputs only, a warning and plain inductor otherwise).
+                 replayed; CUDA inputs only, a warning and plain inductor otherwise); "onnxruntime"
+                 or "tensorrt" (each variant exported to ONNX with frozen weights as
+                 `tokencache.export` does, then run by onnxruntime or built into a TensorRT engine:
+                 deployment numerics, or TensorRT speed, inside the PyTorch loop).
     strict:      raise instead of warning and falling back to the uncached model.
     staleness_weight, dynamics_weight, spatial_bonus, spatial_grid: the token score (see
                  passes/token_ops.py): dynamics + staleness, then a bonus for the best token of

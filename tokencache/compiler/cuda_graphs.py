@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .inner import parameter_key
+
 
 class CudaGraphVariant:
     """Callable like the compiled variant `fn`; `param_positions`: args that are parameters."""
@@ -31,11 +33,8 @@ class CudaGraphVariant:
         self.warmup = warmup
         self.graphs: dict[tuple, tuple] = {}   # parameter addresses -> (graph, static inputs, static outputs)
 
-    def _key(self, args) -> tuple:
-        return tuple(args[i].data_ptr() for i in self.param_positions[:1] + self.param_positions[-1:])
-
     def __call__(self, *args):
-        key = self._key(args)
+        key = parameter_key(args, self.param_positions)
         if key not in self.graphs:
             self.graphs[key] = self._capture(args)
         graph, static_in, static_out = self.graphs[key]

@@ -9,10 +9,17 @@ import torch.fx as fx
 from ..config import INNER_BACKENDS
 
 
+def parameter_key(args, param_positions: list[int]) -> tuple:
+    """Which model instance a call belongs to, for backends that bake parameters in (CUDA graphs
+    read them at fixed addresses, ONNX/TensorRT freeze their values): the addresses of the first
+    and last parameter."""
+    return tuple(args[i].data_ptr() for i in list(param_positions[:1]) + list(param_positions[-1:]))
+
+
 def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_positions: list[int] = (),
                     pool=None):
     """`example_args`: real tensors in the variant's placeholder order; `param_positions`: which of
-    them are parameters (kept in place by CUDA graphs); `pool`: CUDA graph memory pool to share."""
+    them are parameters (read in place by CUDA graphs, frozen into ONNX/TensorRT); `pool`: CUDA graph memory pool to share."""
     if inner == "eager":
         return gm
     if inner in ("inductor", "cudagraphs"):
@@ -31,4 +38,12 @@ def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_po
                           "variants run inductor-compiled without CUDA graphs", stacklevel=4)
             return fn
         return CudaGraphVariant(fn, list(param_positions), pool=pool)
+    if inner in ("onnxruntime", "tensorrt"):
+        from .exported_variant import ExportedVariant
+        if inner == "tensorrt":
+            from ..exporters.tensorrt import TensorRTUnavailable, tensorrt_missing
+            reason = tensorrt_missing()
+            if reason:
+                raise TensorRTUnavailable(f"tokencache: inner='tensorrt' cannot run here: {reason}")
+        return ExportedVariant(gm, list(param_positions), inner)
     raise ValueError(f"unknown inner backend {inner!r}; allowed: {', '.join(map(repr, INNER_BACKENDS))}")
