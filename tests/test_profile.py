@@ -58,3 +58,12 @@ def test_profile_bad_factories_give_a_message_not_a_traceback(factory, message):
 def test_profile_unknown_policy():
     run = _cli("profile", "--policy", "toca,magic", "--quick")
     assert run.returncode == 2 and "unknown policy 'magic'" in run.stderr
+
+
+def test_profile_tensorrt_inner_without_tensorrt_gives_a_message():
+    from tokencache.exporters.tensorrt import tensorrt_missing
+    if tensorrt_missing() is None:
+        pytest.skip("TensorRT and a GPU are present here")
+    run = _cli("profile", "--model", "profile_factories:good", "--quick", "--steps", "2", "--rounds", "1",
+               "--policy", "fora", "--inner", "tensorrt")
+    assert run.returncode == 2 and "inner='tensorrt' cannot run here" in run.stderr and "Traceback" not in run.stderr

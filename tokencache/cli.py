@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import POLICIES
+from .config import INNER_BACKENDS, POLICIES
 
 
 def _positive_int(text: str) -> int:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default 50; 20 with --quick)")
     demo.add_argument("--samples", type=_positive_int, default=None, help="images per run (default 20; 10 with --quick)")
     demo.add_argument("--rounds", type=_positive_int, default=None, help="timed interleaved rounds (default 3; 1 with --quick)")
-    demo.add_argument("--inner", choices=["inductor", "eager"], default=None, help="default inductor; eager with --quick")
+    demo.add_argument("--inner", choices=INNER_BACKENDS, default=None, help="default inductor; eager with --quick")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))
     demo.add_argument("--quick", action="store_true", help="small and eager: under a minute on 2 CPU cores")
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--ratio", type=_ratio, default=0.25)
     prof.add_argument("--steps", type=_positive_int, default=None, help="steps per generation (default 20; 8 with --quick)")
     prof.add_argument("--rounds", type=_positive_int, default=None, help="interleaved timed rounds (default 5; 2 with --quick)")
-    prof.add_argument("--inner", choices=["inductor", "eager"], default=None, help="default inductor; eager with --quick")
+    prof.add_argument("--inner", choices=INNER_BACKENDS, default=None, help="default inductor; eager with --quick")
     prof.add_argument("--json", dest="json_path", default=None, help="write the full result as JSON here")
     prof.add_argument("--plot", default=None, help="write a PNG: step timeline by variant, speed vs fidelity")
     prof.add_argument("--trace", default=None, help="write a torch.profiler (chrome) trace of one cached generation")
@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import format_table, run_demo
+        from .exporters.tensorrt import TensorRTUnavailable
         from .models.data import DataMissing
         from .models.fashion_dit import WeightsError
 
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
                               steps=args.steps or (20 if quick else 50), samples=args.samples or (10 if quick else 20),
                               rounds=args.rounds or (1 if quick else 3), inner=args.inner or ("eager" if quick else "inductor"),
                               out=args.out)
-        except (WeightsError, DataMissing) as e:
+        except (WeightsError, DataMissing, TensorRTUnavailable) as e:
             print(f"tokencache demo: {e}", file=sys.stderr)
             return 2
         print(format_table(result))
@@ -87,6 +88,7 @@ def _profile(args) -> int:
 
     from tqdm import tqdm
 
+    from .exporters.tensorrt import TensorRTUnavailable
     from .profiling.profile import CannotCache, format_table, run_profile
     from .profiling.targets import TargetError, load_target
 
@@ -111,6 +113,9 @@ def _profile(args) -> int:
     except CannotCache as e:
         print(f"tokencache profile: {e}", file=sys.stderr)
         return 3
+    except TensorRTUnavailable as e:
+        print(f"tokencache profile: {e}", file=sys.stderr)
+        return 2
     print(format_table(result))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=1, default=str))
