@@ -79,9 +79,9 @@ class OrtExecutor:
     def __init__(self, path: Path, device: torch.device):
         import onnxruntime as ort
 
-        available = ort.get_available_providers()
-        cuda = device.type == "cuda" and "CUDAExecutionProvider" in available
-        self.session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"])
+        from ..runtime.bundle_runner import ort_session
+        cuda = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        self.session = ort_session(path, ["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"], in_turns=True)
         self.device = device
 
     def run(self, feeds: dict) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .token_ops import gather_rows, scatter_rows
+
 
 def _one_hot(labels: torch.Tensor, clusters: int, dtype) -> torch.Tensor:
     return (labels.unsqueeze(-1) == torch.arange(clusters, device=labels.device)).to(dtype)
@@ -55,8 +57,8 @@ def propagate(factor0: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, la
     """Write the representatives' new outputs, then pull every member towards its cluster's value:
     T_i <- gamma * v_c(i) + (1 - gamma) * T_i (representatives keep their value exactly)."""
     work = torch.promote_types(factor0.dtype, torch.float32)
-    t = torch.scatter(factor0.to(work), 1, index.unsqueeze(-1).expand(-1, -1, factor0.shape[-1]), rows.to(work))
-    value_of_member = torch.gather(rows.to(work), 1, labels.unsqueeze(-1).expand(-1, -1, rows.shape[-1]))
+    t = scatter_rows(factor0.to(work), index, rows.to(work))
+    value_of_member = gather_rows(rows.to(work), labels)
     return (gamma * value_of_member + (1 - gamma) * t).to(factor0.dtype)
 
 

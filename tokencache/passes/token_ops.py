@@ -82,12 +82,23 @@ def top_tokens(score: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(score, k, dim=-1, sorted=False).indices
 
 
+def _rows(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, token) index pairs, both (B, K), for whole-row indexing. Indexing rows exports to
+    ONNX as GatherND/ScatterND, which copy rows; torch.gather/scatter with an index expanded over
+    channels export as GatherElements/ScatterElements, which go element by element (4x slower in
+    onnxruntime on a (16, 64, 128) cache). Inductor compiles both to the same loops."""
+    batch = torch.arange(index.shape[0], device=index.device).unsqueeze(1).expand_as(index)
+    return batch, index
+
+
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """Rows `index` (B, K) of x (B, N, C) -> (B, K, C)."""
+    return x[_rows(index)]
 
 
 def scatter_rows(full: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return torch.scatter(full, 1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]), rows.to(full.dtype))
+    """`full` (B, N, C) with rows `index` (B, K) replaced by `rows` (B, K, C); a new tensor."""
+    return full.index_put(_rows(index), rows.to(full.dtype))
 
 
 def fresh_staleness(x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +108,7 @@ def fresh_staleness(x: torch.Tensor) -> torch.Tensor:
 
 def age_staleness(stale: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """One more step for every token, zero for the ones computed now."""
-    return torch.scatter(stale + 1.0, 1, index, torch.zeros(index.shape, dtype=stale.dtype, device=stale.device))
+    return (stale + 1.0).index_put(_rows(index), torch.zeros(index.shape, dtype=stale.dtype, device=stale.device))
 
 
 # -- random selection (DuCa) --------------------------------------------------------------------
