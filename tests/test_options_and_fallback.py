@@ -17,11 +17,23 @@ from tiny_models import ALL_CASES, NoBlocksModel, generate, noise, rel_err, sana
     (dict(inner="tvm"), "inner"),
     (dict(num_steps=2.5), "num_steps"),
     (dict(strict="yes"), "strict"),
+    (dict(warmup=-1), "warmup"),
+    (dict(warmup=1.5), "warmup"),
 ])
 def test_bad_options_name_the_key(options, named):
     model = ALL_CASES["reference"]().build()
     with pytest.raises(ValueError, match=named):
         tokencache.compile(model, **options)
+
+
+def test_warmup_default_depends_on_the_policy():
+    """Forecasting policies start with 3 fresh steps (their references' default), the others with 1;
+    an explicit value always wins, and the resolved value is what report() and bundles record."""
+    C = tokencache.CacheConfig
+    assert [C(policy=p).warmup for p in ("none", "fora", "toca", "duca", "taylorseer", "clusca")] == [1, 1, 1, 1, 3, 3]
+    assert C(policy="taylorseer", warmup=1).warmup == 1 and C(policy="toca", warmup=4).warmup == 4
+    assert C(policy="taylorseer").to_dict()["warmup"] == 3
+    assert C.from_options(C(policy="clusca").to_dict()) == C(policy="clusca")
 
 
 def test_bad_options_through_torch_compile():

@@ -119,7 +119,8 @@ class PolyDiT(nn.Module):
 def test_taylorseer_exact_on_polynomial_region():
     model = PolyDiT().eval()
     x = torch.zeros(2, 1)
-    compiled = tokencache.compile(model, policy="taylorseer", order=2, interval=3, num_steps=10, inner="eager")
+    compiled = tokencache.compile(model, policy="taylorseer", order=2, interval=3, warmup=1, num_steps=10,
+                                inner="eager")
     sigmas = torch.linspace(1, 0, 11)
     with torch.no_grad():
         for i in range(10):
@@ -183,7 +184,7 @@ def test_flop_reductions_per_policy():
     model = case.build()
     x0 = noise(case)
     ratios = {}
-    for name, options in {"taylorseer": dict(policy="taylorseer", interval=3), "duca": dict(policy="duca", interval=3),
+    for name, options in {"taylorseer": dict(policy="taylorseer", interval=3, warmup=1), "duca": dict(policy="duca", interval=3),
                           "duca_skip": dict(policy="duca", interval=3, aggressive="skip"),
                           "toca_buckets": dict(policy="toca", interval=3, step_weight=0.5)}.items():
         compiled = tokencache.compile(model, num_steps=20, inner="eager", **options)
@@ -222,7 +223,7 @@ def test_clusca_with_one_cluster_per_token_computes_the_feed_forward_exactly():
     each feed-forward's factor 0 holds its true output at that step (what ratio 1.0 would compute)."""
     model = PolyDiT().eval()
     compiled = tokencache.compile(model, policy="clusca", clusters=9, gamma=0.0, order=1, interval=3,
-                                  num_steps=10, inner="eager")
+                                  warmup=1, num_steps=10, inner="eager")
     x = torch.zeros(2, 1)
     with torch.no_grad():
         for t in (1000.0, 900.0):                                           # fresh, then a cached step

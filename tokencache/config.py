@@ -10,6 +10,7 @@ ATTENTION_MODES = ("reuse", "tokens")
 SELECTIONS = ("auto", "score", "random", "vnorm")
 AGGRESSIVE = ("reuse", "skip")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_WARMUP = {"taylorseer": 3, "clusca": 3}     # policies whose default warm-up is not 1
 INNER_BACKENDS = ("eager", "inductor", "cudagraphs", "onnxruntime", "tensorrt")
 
 
@@ -22,7 +23,9 @@ class CacheConfig:
     interval:    a fresh (full) step every `interval` steps.
     ratio:       fraction of tokens recomputed per region in a token-wise step (K = round(ratio*N)).
     num_steps:   denoising steps per generation; the schedule is precomputed for this many.
-    warmup:      the first `warmup` steps are always fresh.
+    warmup:      the first `warmup` steps are always fresh. Default (None): the policy's own, 3 for
+                 taylorseer and clusca (their references' and diffusers' default: the forecast needs
+                 the fast-changing first steps computed), 1 for the others.
     attention:   "reuse": self-attention output is reused in token-wise steps (ToCa's choice);
                  "tokens": only the queries of the selected tokens are computed, keys/values see
                  all tokens (exact for the selected rows).
@@ -44,7 +47,9 @@ class CacheConfig:
     seed:        seed of the random selection.
     aggressive:  DuCa's aggressive steps: "reuse" every region (FORA) or "skip" all blocks (only
                  the layers after the last block run, on its cached output).
-    order:       TaylorSeer: highest finite-difference order of the forecast (1-4).
+    order:       TaylorSeer: highest finite-difference order of the forecast (1-4). Default 1, as in
+                 TaylorSeer's FLUX setting, ClusCa and diffusers: on the embedded model order 2 lost
+                 3.9 dB (N=3) against order 1 (BENCHMARKS.md).
     cache_dtype: dtype of stored Taylor factors ("float32", "float16", "bfloat16").
     step_weight, layer_weight, ratio_buckets: ToCa's varying ratios. Region ratio =
                  ratio * (1 + w_s - 2 w_s s/n) * (1 + w_l - 2 w_l l/(L-1)) for step s of n and block
@@ -61,7 +66,7 @@ class CacheConfig:
     interval: int = 3
     ratio: float = 0.25
     num_steps: int = 50
-    warmup: int = 1
+    warmup: int | None = None
     attention: str = "reuse"
     inner: str = "inductor"
     strict: bool = False
@@ -74,7 +79,7 @@ class CacheConfig:
     selection: str = "auto"
     seed: int = 0
     aggressive: str = "reuse"
-    order: int = 2
+    order: int = 1
     cache_dtype: str = "float32"
     step_weight: float = 0.0
     layer_weight: float = 0.0
@@ -85,6 +90,8 @@ class CacheConfig:
     kmeans_iters: int = 10
 
     def __post_init__(self):
+        if self.warmup is None and self.policy in POLICIES:
+            object.__setattr__(self, "warmup", DEFAULT_WARMUP.get(self.policy, 1))
         for name, allowed in (("policy", POLICIES), ("attention", ATTENTION_MODES), ("inner", INNER_BACKENDS),
                               ("selection", SELECTIONS), ("aggressive", AGGRESSIVE), ("cache_dtype", CACHE_DTYPES)):
             _choice(name, getattr(self, name), allowed)
