@@ -59,12 +59,13 @@ TOKENCACHE = {
     "toca r=0.25 N=3": dict(policy="toca", interval=3, ratio=0.25),
     "toca r=0.25 N=5": dict(policy="toca", interval=5, ratio=0.25),
     "duca r=0.25 N=3": dict(policy="duca", interval=3, ratio=0.25),
-    "taylorseer N=3 o=2": dict(policy="taylorseer", interval=3, order=2),
-    "taylorseer N=5 o=2": dict(policy="taylorseer", interval=5, order=2),
+    "taylorseer N=3": dict(policy="taylorseer", interval=3),          # defaults: order 1, 3 warm-up steps
+    "taylorseer N=5": dict(policy="taylorseer", interval=5),
+    "taylorseer N=5 o=2 w=1": dict(policy="taylorseer", interval=5, order=2, warmup=1),   # the defaults before
     "clusca N=5": dict(policy="clusca", interval=5),
 }
 # a representative subset for the speed-only 1024-token table (one generation there costs ~20x more)
-SUBSET_1K = ["uncached", "tokencache fora N=3", "tokencache toca r=0.25 N=3", "tokencache taylorseer N=3 o=2",
+SUBSET_1K = ["uncached", "tokencache fora N=3", "tokencache toca r=0.25 N=3", "tokencache taylorseer N=3",
              "tokencache duca r=0.25 N=3", "diffusers FirstBlockCache t=0.1", "diffusers PAB skip=2",
              "diffusers TaylorSeerCache N=3 o=1", "diffusers FasterCache", "diffusers MagCache t=0.06",
              "cache-dit DBCache F1B0 r=0.08", "cache-dit DBCache F1B0 r=0.08 + TaylorSeer o=1"]

@@ -28,9 +28,12 @@ SETTINGS = {
     "toca r=0.5 N=5 attn=tokens": dict(policy="toca", interval=5, ratio=0.5, attention="tokens"),
     "duca r=0.25 N=4": dict(policy="duca", interval=4, ratio=0.25),
     "duca r=0.25 N=4 skip": dict(policy="duca", interval=4, ratio=0.25, aggressive="skip"),
-    "taylorseer N=3 o=2": dict(policy="taylorseer", interval=3, order=2),
-    "taylorseer N=5 o=2": dict(policy="taylorseer", interval=5, order=2),
-    "clusca N=5 K=16": dict(policy="clusca", interval=5, clusters=16, order=2),
+    "taylorseer N=3": dict(policy="taylorseer", interval=3),        # defaults: order 1, 3 warm-up steps
+    "taylorseer N=5": dict(policy="taylorseer", interval=5),
+    "taylorseer N=3 o=2 w=1": dict(policy="taylorseer", interval=3, order=2, warmup=1),   # the defaults before
+    "taylorseer N=5 o=2 w=1": dict(policy="taylorseer", interval=5, order=2, warmup=1),
+    "clusca N=5 K=16": dict(policy="clusca", interval=5, clusters=16),
+    "clusca N=5 K=16 o=2 w=1": dict(policy="clusca", interval=5, clusters=16, order=2, warmup=1),
 }
 
 
