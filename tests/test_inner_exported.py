@@ -67,16 +67,6 @@ def test_tensorrt_inner_without_tensorrt_says_why():
 def test_tensorrt_inner_matches_eager(options):
     """fp32 engines (TF32 off): the cached generation on TensorRT equals the eager one."""
     model, x0 = CASE.build().cuda(), noise(CASE).cuda()
-    labels = torch.arange(2, device="cuda")
-
-    def gen(m):
-        x = x0.clone()
-        sigmas = torch.linspace(1.0, 0.0, STEPS + 1, device="cuda")
-        with torch.no_grad():
-            for i in range(STEPS):
-                t = (sigmas[i] * 1000).expand(2).contiguous()
-                x = x + (sigmas[i + 1] - sigmas[i]) * m(x, t, labels)
-        return x
-    expected = gen(tokencache.compile(model, num_steps=STEPS, inner="eager", **options))
-    got = gen(tokencache.compile(model, num_steps=STEPS, inner="tensorrt", **options))
+    expected = generate(CASE, tokencache.compile(model, num_steps=STEPS, inner="eager", **options), x0, STEPS)
+    got = generate(CASE, tokencache.compile(model, num_steps=STEPS, inner="tensorrt", **options), x0, STEPS)
     assert rel_err(got, expected) <= 1e-3

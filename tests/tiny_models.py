@@ -29,7 +29,7 @@ def reference_case(**kw) -> Case:
         return ReferenceDiT(**kw).eval()
     image, channels = kw.get("image", 16), kw.get("channels", 4)
     return Case("reference", build, (channels, image, image),
-                lambda m, x, t: m(x, t, _labels(x.shape[0])))
+                lambda m, x, t: m(x, t, _labels(x.shape[0]).to(x.device)))
 
 
 def diffusers_dit_case() -> Case:
@@ -71,7 +71,7 @@ def noise(case: Case, batch: int = 2, seed: int = 0) -> torch.Tensor:
 def generate(case: Case, model, x0: torch.Tensor, steps: int = 10, start: int = 0, stop: int | None = None) -> torch.Tensor:
     """Euler flow-matching loop, timesteps 1000 -> 0 as tensors (as diffusers pipelines pass them)."""
     x = x0.clone()
-    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    sigmas = torch.linspace(1.0, 0.0, steps + 1, device=x0.device)
     for i in range(start, steps if stop is None else stop):
         t = (sigmas[i] * 1000).expand(x.shape[0]).contiguous()
         x = x + (sigmas[i + 1] - sigmas[i]) * case.call(model, x, t)
