@@ -59,7 +59,8 @@ TOKENCACHE = {
     "toca r=0.25 N=3": dict(policy="toca", interval=3, ratio=0.25),
     "toca r=0.25 N=5": dict(policy="toca", interval=5, ratio=0.25),
     "duca r=0.25 N=3": dict(policy="duca", interval=3, ratio=0.25),
-    "taylorseer N=3": dict(policy="taylorseer", interval=3),          # defaults: order 1, 3 warm-up steps
+    "taylorseer N=2": dict(policy="taylorseer", interval=2),          # defaults: order 1, 3 warm-up steps
+    "taylorseer N=3": dict(policy="taylorseer", interval=3),
     "taylorseer N=5": dict(policy="taylorseer", interval=5),
     "taylorseer N=5 o=2 w=1": dict(policy="taylorseer", interval=5, order=2, warmup=1),   # the defaults before
     "clusca N=5": dict(policy="clusca", interval=5),
@@ -410,7 +411,7 @@ def main(argv=None):
         json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
     print(table(rows, embedded, meta))
     if embedded:
-        plot(rows, os.path.join(os.path.dirname(json_path), "peers_pareto.png"), meta)
+        plot(rows, os.path.splitext(json_path)[0] + "_pareto.png", meta)     # peers.json -> peers_pareto.png
     print(f"\nwrote {json_path} ({meta['runtime_s']} s)")
 
 
