@@ -68,19 +68,22 @@ def test_clock_ascending_timesteps():
     assert news == [True, False, False, True, False]
 
 
-def _capture(case_name):
-    case = ALL_CASES[case_name]()
-    model = case.build()
-    graphs = []
+def _capture_call(model, call) -> tuple:
+    """(Dynamo's graph, its example inputs) of `call(compiled model)`."""
+    captured = []
 
     def backend(gm, example_inputs):
-        graphs.append(gm)
+        captured.append((gm, list(example_inputs)))
         return gm.forward
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend=backend, dynamic=False)
     with torch.no_grad():
-        case.call(compiled, noise(case), torch.tensor([500.0, 500.0]))
-    return graphs[0]
+        call(torch.compile(model, backend=backend, dynamic=False))
+    return captured[0]
+
+
+def _capture(case_name):
+    case = ALL_CASES[case_name]()
+    return _capture_call(case.build(), lambda m: case.call(m, noise(case), torch.tensor([500.0, 500.0])))[0]
 
 
 @pytest.mark.parametrize("case_name, kinds", [
@@ -111,18 +114,6 @@ def test_module_path_normalisation():
     assert module_path(Node()) == "transformer_blocks.0.attn1.to_q"
 
 
-def _capture_with_inputs(model, *args):
-    captured = []
-
-    def backend(gm, example_inputs):
-        captured.append((gm, list(example_inputs)))
-        return gm.forward
-    torch._dynamo.reset()
-    with torch.no_grad():
-        torch.compile(model, backend=backend, dynamic=False)(*args)
-    return captured[0]
-
-
 def _weight_slices(gm) -> dict[str, int]:
     """Row slices taken of weight parameters: node name -> rows."""
     return {f"{n.args[0].name}:{n.name}": n.args[1].stop - n.args[1].start for n in gm.graph.nodes
@@ -143,7 +134,8 @@ def test_dead_chunks_split_the_linear_and_keep_the_output():
             return x * a + b * d
 
     torch.manual_seed(0)
-    gm, inputs = _capture_with_inputs(Modulation(), torch.randn(3, 8), torch.randn(3, 6))
+    c, x = torch.randn(3, 8), torch.randn(3, 6)
+    gm, inputs = _capture_call(Modulation(), lambda m: m(c, x))
     pruned = drop_dead_chunks(gm)
     assert sorted(_weight_slices(pruned).values()) == [6, 12]   # chunk 0 alone, chunks 2-3 together; 1 and 4 never computed
     torch.testing.assert_close(pruned(*inputs)[0], gm(*inputs)[0], rtol=1e-6, atol=1e-6)
@@ -159,7 +151,8 @@ def test_dead_chunks_in_cached_variants_of_the_reference_dit():
 
     torch.manual_seed(0)
     model = ReferenceDiT(image=8, hidden=32, depth=2, heads=2).eval()
-    gm, inputs = _capture_with_inputs(model, torch.randn(2, 4, 8, 8), torch.full((2,), 700.0), torch.tensor([1, 2]))
+    x, t, y = torch.randn(2, 4, 8, 8), torch.full((2,), 700.0), torch.tensor([1, 2])
+    gm, inputs = _capture_call(model, lambda m: m(x, t, y))
     for policy, cached in [("fora", "reuse"), ("toca", "partial")]:
         config = CacheConfig(policy=policy, num_steps=6, interval=3, ratio=0.5)
         variants = get_policy(policy).variants(gm, analyse(gm), config)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.fx as fx
 
+from ..passes.graph_edit import outputs_of
 from .inner import parameter_key
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -34,37 +35,31 @@ class ExportedVariant:
         self.param_positions = list(param_positions)
         self.workdir = tempfile.TemporaryDirectory(prefix=f"tokencache-{backend}-")
         self.executors: dict[tuple, object] = {}
-
-    def _names(self, args) -> tuple[list[int], list[str]]:
         params = set(self.param_positions)
-        positions = [i for i in range(len(args)) if i not in params]
-        for i in positions:
-            if not isinstance(args[i], torch.Tensor):
-                raise TypeError(f"tokencache (inner={self.backend!r}): input {i} of the graph is a "
-                                f"{type(args[i]).__name__}, not a tensor; only tensors can be ONNX inputs")
-        return positions, [f"in.{i}" for i in positions]
+        inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+        self.kinds = ["param" if i in params else "user" for i in range(inputs)]
+        self.positions = [i for i, kind in enumerate(self.kinds) if kind == "user"]   # ONNX inputs "in.<i>"
+        self.outputs = [f"out.{j}" for j in range(len(outputs_of(gm)))]
 
     def __call__(self, *args):
         key = parameter_key(args, self.param_positions)
         if key not in self.executors:
             self.executors[key] = self._build(args, len(self.executors))
-        positions, names = self._names(args)
-        outputs = self.executors[key].run({n: args[i] for n, i in zip(names, positions)})
-        return tuple(outputs[f"out.{j}"] for j in range(len(outputs)))
+        outputs = self.executors[key].run({f"in.{i}": args[i] for i in self.positions})
+        return tuple(outputs[name] for name in self.outputs)
 
     def _build(self, args, index: int):
         from ..exporters.onnx import FrozenVariant, export_frozen
-        from ..passes.graph_edit import outputs_of
 
-        params = set(self.param_positions)
-        kinds = ["param" if i in params else "user" for i in range(len(args))]
-        positions, names = self._names(args)
-        n_out = len(outputs_of(self.gm))
+        for i in self.positions:
+            if not isinstance(args[i], torch.Tensor):
+                raise TypeError(f"tokencache (inner={self.backend!r}): input {i} of the graph is a "
+                                f"{type(args[i]).__name__}, not a tensor; only tensors can be ONNX inputs")
         path = Path(self.workdir.name) / f"variant{index}.onnx"
-        export_frozen(FrozenVariant(self.gm, kinds, list(args)), [args[i] for i in positions], path,
-                      names, [f"out.{j}" for j in range(n_out)])
+        export_frozen(FrozenVariant(self.gm, self.kinds, list(args)), [args[i] for i in self.positions], path,
+                      [f"in.{i}" for i in self.positions], self.outputs)
         if self.backend == "onnxruntime":
-            return OrtExecutor(path, device=args[positions[0]].device if positions else torch.device("cpu"))
+            return OrtExecutor(path, device=args[self.positions[0]].device if self.positions else torch.device("cpu"))
         from ..exporters.tensorrt import build_engine
         from ..runtime.tensorrt_runner import EngineExecutor
         dtypes = [args[i].dtype for i in self.param_positions if args[i].is_floating_point()]
