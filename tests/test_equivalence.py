@@ -1,5 +1,6 @@
 """Settings that must reproduce the uncompiled model exactly (fp32, relative error <= 1e-4)."""
 import pytest
+import torch
 
 import tokencache
 from tiny_models import ALL_CASES, generate, noise, rel_err
@@ -42,13 +43,18 @@ def test_caching_changes_the_output(case_name):
 
 
 @pytest.mark.slow
-def test_inductor_matches_uncompiled():
-    """The compiled path itself (inductor, compile_fx per variant)."""
+@pytest.mark.parametrize("cpu_matmul", ["auto", "aten"])
+def test_inductor_matches_uncompiled(cpu_matmul):
+    """The compiled path itself (inductor, compile_fx per variant), with the linear layers on
+    oneDNN (GELU fused) where this torch has it, and on ATen's kernels."""
     case = ALL_CASES["reference"]()
     model = case.build()
     x0 = noise(case)
     expected = generate(case, model, x0)
-    compiled = tokencache.compile(model, num_steps=10, inner="inductor", policy="toca", ratio=1.0, attention="tokens")
+    compiled = tokencache.compile(model, num_steps=10, inner="inductor", policy="toca", ratio=1.0, attention="tokens",
+                                  cpu_matmul=cpu_matmul)
     assert rel_err(generate(case, compiled, x0), expected) <= TOL
     variants = tokencache.report(compiled)["variants"]
     assert variants["fresh"]["compiles"] == 1 and variants["partial"]["compiles"] == 1
+    kernels = "onednn" if cpu_matmul == "auto" and torch.backends.mkldnn.is_available() else "aten"
+    assert variants["fresh"]["cpu_matmul"] == variants["partial"]["cpu_matmul"] == kernels

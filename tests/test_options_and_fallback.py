@@ -15,6 +15,7 @@ from tiny_models import ALL_CASES, NoBlocksModel, generate, noise, rel_err, sana
     (dict(interval=0), "interval"),
     (dict(attention="flash"), "attention"),
     (dict(inner="tvm"), "inner"),
+    (dict(cpu_matmul="blas"), "cpu_matmul"),
     (dict(num_steps=2.5), "num_steps"),
     (dict(strict="yes"), "strict"),
     (dict(warmup=-1), "warmup"),

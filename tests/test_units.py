@@ -167,3 +167,52 @@ def test_dead_chunks_in_cached_variants_of_the_reference_dit():
             assert [w for name, w in _weight_slices(pruned).items() if f"blocks_modules_{block}_" in name] == live
         for got, want in zip(pruned(*args), raw(*args)):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_onednn_linear_rewrites_linears_and_fuses_gelu():
+    """Every linear becomes tokencache::linear; a GELU that is a linear's only user is fused (erf and
+    tanh forms), one that is not stays; 1-D inputs and bias-free linears work; results match."""
+    from tokencache.passes.onednn_linear import onednn_linear
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8, bias=False), torch.nn.Linear(8, 8)
+
+        def forward(self, x, v):
+            h = torch.nn.functional.gelu(self.a(x), approximate="tanh")
+            y = self.b(h)
+            z = self.c(y)
+            return torch.nn.functional.gelu(z) + z, torch.nn.functional.gelu(self.a(v))
+
+    net = Net().eval()
+    x, v = torch.randn(2, 5, 8), torch.randn(8)
+    gm, example = _capture_call(net, lambda m: m(x, v))
+    rewritten = onednn_linear(gm)
+    targets = [n.target for n in rewritten.graph.nodes if n.op == "call_function"]
+    fused = [n.args[3:] for n in rewritten.graph.nodes if n.target is torch.ops.tokencache.linear.default]
+    assert torch.nn.functional.linear not in targets
+    assert sorted(fused) == [("gelu", "none"), ("gelu", "tanh"), ("none", ""), ("none", "")]
+    assert targets.count(torch.nn.functional.gelu) == 1          # z has two users: its GELU is not fused
+    with torch.no_grad():
+        for got, want in zip(rewritten(*example), gm(*example)):
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_matmul_choice():
+    from tokencache.compiler import inner
+    fp32, bf16 = [torch.zeros(2, 2)], [torch.zeros(2, 2, dtype=torch.bfloat16)]
+    have = torch.backends.mkldnn.is_available()
+    assert inner.cpu_matmul_for(fp32, "inductor", "auto") == ("onednn" if have else "aten")
+    assert inner.cpu_matmul_for(fp32, "inductor", "aten") == "aten"
+    assert inner.cpu_matmul_for(bf16, "inductor", "auto") == "aten"      # ATen already uses oneDNN there
+    assert inner.cpu_matmul_for(fp32, "eager", "onednn") is None
+
+
+def test_cpu_matmul_onednn_without_onednn_is_an_error(monkeypatch):
+    from tokencache.compiler import inner
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="cpu_matmul='onednn'"):
+        inner.cpu_matmul_for([torch.zeros(2)], "inductor", "onednn")
+    assert inner.cpu_matmul_for([torch.zeros(2)], "inductor", "auto") == "aten"

@@ -12,6 +12,7 @@ AGGRESSIVE = ("reuse", "skip")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_WARMUP = {"taylorseer": 3, "clusca": 3}     # policies whose default warm-up is not 1
 INNER_BACKENDS = ("eager", "inductor", "cudagraphs", "onnxruntime", "tensorrt")
+CPU_MATMULS = ("auto", "onednn", "aten")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class CacheConfig:
                  or "tensorrt" (each variant exported to ONNX with frozen weights as
                  `tokencache.export` does, then run by onnxruntime or built into a TensorRT engine:
                  deployment numerics, or TensorRT speed, inside the PyTorch loop).
+    cpu_matmul:  kernels for the linear layers of inductor-compiled variants on the CPU: "onednn"
+                 (a GELU after a linear is fused into it; an error if this torch build lacks
+                 oneDNN), "aten" (inductor's default, MKL for float32), "auto" (oneDNN for float32
+                 models where available, else ATen). On AMD CPUs MKL runs its AVX2 path and oneDNN
+                 is about 2x faster (passes/onednn_linear.py, BENCHMARKS.md).
     strict:      raise instead of warning and falling back to the uncached model.
     staleness_weight, dynamics_weight, spatial_bonus, spatial_grid: the token score (see
                  passes/token_ops.py): dynamics + staleness, then a bonus for the best token of
@@ -69,6 +75,7 @@ class CacheConfig:
     warmup: int | None = None
     attention: str = "reuse"
     inner: str = "inductor"
+    cpu_matmul: str = "auto"
     strict: bool = False
     staleness_weight: float = 0.25
     dynamics_weight: float = 1.0
@@ -93,6 +100,7 @@ class CacheConfig:
         if self.warmup is None and self.policy in POLICIES:
             object.__setattr__(self, "warmup", DEFAULT_WARMUP.get(self.policy, 1))
         for name, allowed in (("policy", POLICIES), ("attention", ATTENTION_MODES), ("inner", INNER_BACKENDS),
+                              ("cpu_matmul", CPU_MATMULS),
                               ("selection", SELECTIONS), ("aggressive", AGGRESSIVE), ("cache_dtype", CACHE_DTYPES)):
             _choice(name, getattr(self, name), allowed)
         for name, low in (("interval", 1), ("num_steps", 1), ("warmup", 0), ("spatial_grid", 1), ("seed", 0),

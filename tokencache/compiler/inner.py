@@ -16,10 +16,29 @@ def parameter_key(args, param_positions: list[int]) -> tuple:
     return tuple(args[i].data_ptr() for i in list(param_positions[:1]) + list(param_positions[-1:]))
 
 
+def cpu_matmul_for(example_args: list, inner: str, setting: str = "auto") -> str | None:
+    """Which kernels run the linear layers of a variant compiled by inductor on the CPU: "onednn"
+    (passes/onednn_linear.py) or "aten"; None where the question does not arise (eager, CUDA,
+    exported variants). `setting` is CacheConfig.cpu_matmul."""
+    if inner not in ("inductor", "cudagraphs"):
+        return None
+    tensors = [a for a in example_args if isinstance(a, torch.Tensor)]
+    if any(t.device.type != "cpu" for t in tensors):
+        return None
+    from ..passes.onednn_linear import onednn_available
+    if setting == "onednn" and not onednn_available():
+        raise RuntimeError("tokencache: cpu_matmul='onednn' but this torch build has no oneDNN (mkldnn) "
+                           "linear kernels; use cpu_matmul='aten' or 'auto'")
+    # other dtypes already reach oneDNN through ATen (bf16/fp16 CPU matmuls use it)
+    fp32_only = all(t.dtype == torch.float32 for t in tensors if t.is_floating_point())
+    return "onednn" if setting != "aten" and fp32_only and onednn_available() else "aten"
+
+
 def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_positions: list[int] = (),
-                    pool=None):
+                    pool=None, cpu_matmul: str = "auto"):
     """`example_args`: real tensors in the variant's placeholder order; `param_positions`: which of
-    them are parameters (read in place by CUDA graphs, frozen into ONNX/TensorRT); `pool`: CUDA graph memory pool to share."""
+    them are parameters (read in place by CUDA graphs, frozen into ONNX/TensorRT); `pool`: CUDA graph
+    memory pool to share; `cpu_matmul`: CacheConfig.cpu_matmul."""
     if inner == "eager":
         return gm
     if inner in ("inductor", "cudagraphs"):
@@ -28,8 +47,10 @@ def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_po
         from torch._inductor.compile_fx import compile_fx
 
         from ..passes.graph_edit import copy_module
+        from ..passes.onednn_linear import onednn_linear
+        rewrite = onednn_linear if cpu_matmul_for(example_args, inner, cpu_matmul) == "onednn" else copy_module
         with torch.no_grad():
-            fn = compile_fx(copy_module(gm), example_args)
+            fn = compile_fx(rewrite(gm), example_args)
         if inner == "inductor":
             return fn
         from .cuda_graphs import CudaGraphVariant, on_cuda

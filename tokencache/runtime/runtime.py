@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 
 from ..compiler.graph_inputs import GraphInput
-from ..compiler.inner import compile_variant
+from ..compiler.inner import compile_variant, cpu_matmul_for
 from ..config import CacheConfig
 from ..policies import FRESH
 from . import registry
@@ -43,6 +43,7 @@ class CacheRuntime:
         self.report_base = report_base
         self.compiled: dict[str, object] = {}
         self.compiles: Counter = Counter()
+        self.matmul: dict[str, str | None] = {}     # variant -> CPU linear kernels it was compiled with
         self.sessions: dict[int, tuple[weakref.ref, Session]] = {}
         self.user_positions = [gi.index for gi in inputs if gi.kind == "user"]
         self.param_positions = [gi.index for gi in inputs if gi.kind == "param"
@@ -113,7 +114,8 @@ class CacheRuntime:
             if self.graph_pool is None and self.config.inner == "cudagraphs" and torch.cuda.is_available():
                 self.graph_pool = torch.cuda.graph_pool_handle()   # one pool: variants never run concurrently
             self.compiled[variant] = compile_variant(self.variants[variant], full_args, self.config.inner,
-                                                     self.param_positions, self.graph_pool)
+                                                     self.param_positions, self.graph_pool, self.config.cpu_matmul)
+            self.matmul[variant] = cpu_matmul_for(full_args, self.config.inner, self.config.cpu_matmul)
             self.compiles[variant] += 1
         return self.compiled[variant]
 
@@ -150,7 +152,7 @@ class CacheRuntime:
         return {
             **self.report_base,
             "variants": {name: {"compiles": self.compiles[name], "calls": session.calls[name],
-                                "flops": flops.get(name),
+                                "flops": flops.get(name), "cpu_matmul": self.matmul.get(name),
                                 "state_in": list(gm.meta["tokencache"]["state_in"]),
                                 "state_out": list(gm.meta["tokencache"]["state_out"])}
                          for name, gm in self.variants.items()},
