@@ -59,6 +59,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--inner", default="inductor", choices=list(INNER_BACKENDS))
+    p.add_argument("--cpu-matmul", default="auto", choices=["auto", "onednn", "aten"],
+                   help="CacheConfig.cpu_matmul: kernels for the linear layers on the CPU")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), help="subset of: " + ", ".join(SETTINGS))
@@ -70,9 +72,10 @@ def main(argv=None):
     x0 = torch.randn(args.batch, cfg["channels"], cfg["image"], cfg["image"]).to(device, dtype)
     labels = (torch.arange(args.batch) % 10).to(device)
 
-    compiled = {"uncached": tokencache.compile(model, policy="none", num_steps=args.steps, inner=args.inner)}
+    common = dict(num_steps=args.steps, inner=args.inner, cpu_matmul=args.cpu_matmul)
+    compiled = {"uncached": tokencache.compile(model, policy="none", **common)}
     for name in args.settings:
-        compiled[name] = tokencache.compile(model, num_steps=args.steps, inner=args.inner, **SETTINGS[name])
+        compiled[name] = tokencache.compile(model, **common, **SETTINGS[name])
     gens = {name: make_generation(m, x0, labels, args.steps) for name, m in compiled.items()}
 
     compile_s = {}
@@ -106,7 +109,8 @@ def main(argv=None):
     machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
     if device.type == "cuda":
         machine += f", {torch.cuda.get_device_name(device)}"
-    print(f"\n### {args.config}: {cfg}, batch {args.batch}, {args.steps} steps, inner={args.inner}, "
+    matmul = reports["uncached"]["variants"]["plain"]["cpu_matmul"]
+    print(f"\n### {args.config}: {cfg}, batch {args.batch}, {args.steps} steps, inner={args.inner}, cpu_matmul={matmul}, "
           f"{args.device} {args.dtype}, {args.rounds} interleaved rounds ({date.today()}, {machine})\n")
     print("| setting | measured speed-up | FLOP speed-up | efficiency | variant latencies (median ms; latency/FLOP fraction of fresh) |")
     print("|---|---|---|---|---|")
@@ -119,10 +123,10 @@ def main(argv=None):
         print(f"| {row['setting']} | {row['speedup']:.2f}x | {row['flop_speedup']:.2f}x | {row['efficiency']:.2f} | {'; '.join(parts)} |")
     out = os.path.join(os.path.dirname(__file__), "results", f"core_{args.config}" + (
         "" if (device.type, args.inner, args.dtype) == ("cpu", "inductor", "float32")
-        else f"_{device.type}_{args.inner}_{args.dtype}") + ".json")
+        else f"_{device.type}_{args.inner}_{args.dtype}") + ("" if args.cpu_matmul == "auto" else f"_{args.cpu_matmul}") + ".json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"config": args.config, "model": cfg, "args": vars(args), "machine": machine,
+        json.dump({"config": args.config, "model": cfg, "args": vars(args), "machine": machine, "cpu_matmul": matmul,
                    "date": str(date.today()), "rows": rows}, f, indent=1)
     print(f"\nwrote {out}", file=sys.stderr)
 
