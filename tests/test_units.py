@@ -171,8 +171,8 @@ def test_dead_chunks_in_cached_variants_of_the_reference_dit():
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
 def test_onednn_linear_rewrites_linears_and_fuses_gelu():
-    """Every linear becomes tokencache::linear; a GELU that is a linear's only user is fused (erf and
-    tanh forms), one that is not stays; 1-D inputs and bias-free linears work; results match."""
+    """Every linear becomes tokencache::linear, with a GELU that is its only user fused (erf and tanh
+    forms; one with another user stays); bias-free linears and 1-D inputs work; outputs match."""
     from tokencache.passes.onednn_linear import onednn_linear
 
     class Net(torch.nn.Module):
@@ -180,24 +180,39 @@ def test_onednn_linear_rewrites_linears_and_fuses_gelu():
             super().__init__()
             self.a, self.b, self.c = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8, bias=False), torch.nn.Linear(8, 8)
 
-        def forward(self, x, v):
+        def forward(self, x, v, u):
             h = torch.nn.functional.gelu(self.a(x), approximate="tanh")
-            y = self.b(h)
-            z = self.c(y)
-            return torch.nn.functional.gelu(z) + z, torch.nn.functional.gelu(self.a(v))
+            z = self.c(self.b(h))
+            return torch.nn.functional.gelu(z) + z, torch.nn.functional.gelu(self.a(v)), self.b(u)
 
     net = Net().eval()
-    x, v = torch.randn(2, 5, 8), torch.randn(8)
-    gm, example = _capture_call(net, lambda m: m(x, v))
+    x, v, u = torch.randn(2, 16, 8), torch.randn(2, 8), torch.randn(16)
+    gm, example = _capture_call(net, lambda m: m(x, v, u))
     rewritten = onednn_linear(gm)
     targets = [n.target for n in rewritten.graph.nodes if n.op == "call_function"]
     fused = [n.args[3:] for n in rewritten.graph.nodes if n.target is torch.ops.tokencache.linear.default]
     assert torch.nn.functional.linear not in targets
-    assert sorted(fused) == [("gelu", "none"), ("gelu", "tanh"), ("none", ""), ("none", "")]
-    assert targets.count(torch.nn.functional.gelu) == 1          # z has two users: its GELU is not fused
+    assert sorted(fused) == [("gelu", "none"), ("gelu", "tanh"), ("none", ""), ("none", ""), ("none", "")]
+    assert targets.count(torch.nn.functional.gelu) == 1      # z has two users: its GELU is not fused
     with torch.no_grad():
         for got, want in zip(rewritten(*example), gm(*example)):
-            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+            assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+@pytest.mark.parametrize("shape", [(1, 24), (2, 24), (2, 1, 24), (4, 24), (3, 2, 24), (24,)])
+@pytest.mark.parametrize("post_op, algorithm", [("none", ""), ("gelu", "tanh"), ("gelu", "none")])
+def test_tokencache_linear_op_matches_linear(shape, post_op, algorithm):
+    """Both paths of the op (W @ x^T for 2-4 rows, oneDNN otherwise) give linear(+GELU), row-major."""
+    import tokencache.passes.onednn_linear  # noqa: F401  (defines the op)
+    x, w, b = torch.randn(shape), torch.randn(40, 24), torch.randn(40)
+    want = torch.nn.functional.linear(x, w, b)
+    if post_op == "gelu":
+        want = torch.nn.functional.gelu(want, approximate=algorithm)
+    got = torch.ops.tokencache.linear(x, w, b, post_op, algorithm)
+    assert got.shape == want.shape and got.is_contiguous()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(torch.ops.tokencache.linear(x, w, None, "none", ""), x @ w.t(), rtol=1e-5, atol=1e-5)
 
 
 def test_cpu_matmul_choice():
