@@ -61,8 +61,8 @@ def onednn_available() -> bool:
 
 
 def onednn_linear(gm: fx.GraphModule) -> fx.GraphModule:
-    """Every `linear` becomes `tokencache::linear`; a
-    `gelu` that is a oneDNN linear's only user is fused into it (post-op, erf or tanh form)."""
+    """Every `linear` becomes `tokencache::linear`; a `gelu` that is a linear's only user is fused
+    into it (oneDNN post-op, erf or tanh form as the graph asks)."""
     gm = copy_module(gm)
     graph = gm.graph
     for node in list(graph.nodes):
