@@ -58,3 +58,27 @@ def test_inductor_matches_uncompiled(cpu_matmul):
     assert variants["fresh"]["compiles"] == 1 and variants["partial"]["compiles"] == 1
     kernels = "onednn" if cpu_matmul == "auto" and torch.backends.mkldnn.is_available() else "aten"
     assert variants["fresh"]["cpu_matmul"] == variants["partial"]["cpu_matmul"] == kernels
+
+
+@pytest.mark.slow
+def test_inductor_token_wise_steps_write_caches_in_place():
+    """On the CPU the compiled partial graphs write their K new rows into the cache they were given
+    (passes/inplace_cache.py), where the eager variants build a new cache; both give the same images."""
+    case = ALL_CASES["reference"]()
+    model = case.build()
+    x0 = noise(case)
+    options = dict(num_steps=10, policy="toca", ratio=0.25, interval=3, attention="reuse")
+    addresses = {}
+    for inner in ("eager", "inductor"):
+        compiled = tokencache.compile(model, inner=inner, **options)
+        x = generate(case, compiled, x0, stop=2)                    # fresh, partial
+        state = tokencache._sessions(compiled)[0][1].states[0]
+        before = {k: v.data_ptr() for k, v in state.items() if k.startswith("cache:") and k.endswith(".mlp")}
+        x = generate(case, compiled, x, start=2, stop=3)            # partial
+        addresses[inner] = [state[k].data_ptr() == ptr for k, ptr in before.items()]
+        x = generate(case, compiled, x, start=3)
+        if inner == "eager":
+            expected = x
+    assert addresses["eager"] and not any(addresses["eager"])        # a new cache tensor per step
+    assert all(addresses["inductor"])                                # the same tensor, updated
+    assert rel_err(x, expected) <= TOL

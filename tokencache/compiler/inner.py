@@ -47,10 +47,16 @@ def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_po
         from torch._inductor.compile_fx import compile_fx
 
         from ..passes.graph_edit import copy_module
+        from ..passes.inplace_cache import inplace_cache
         from ..passes.onednn_linear import onednn_linear
-        rewrite = onednn_linear if cpu_matmul_for(example_args, inner, cpu_matmul) == "onednn" else copy_module
+        graph = copy_module(gm)                # the variant itself stays as the policy built it
+        matmul = cpu_matmul_for(example_args, inner, cpu_matmul)
+        if matmul == "onednn":
+            graph = onednn_linear(graph)
+        if matmul is not None:                 # CPU only: the in-place update is not yet measured on CUDA
+            graph = inplace_cache(graph)
         with torch.no_grad():
-            fn = compile_fx(rewrite(gm), example_args)
+            fn = compile_fx(graph, example_args)
         if inner == "inductor":
             return fn
         from .cuda_graphs import CudaGraphVariant, on_cuda

@@ -101,6 +101,11 @@ def scatter_rows(full: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) ->
     return full.index_put(_rows(index), rows.to(full.dtype))
 
 
+def scatter_rows_(full: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """scatter_rows into `full` itself (passes/inplace_cache.py); returns `full`."""
+    return full.index_put_(_rows(index), rows.to(full.dtype))
+
+
 def fresh_staleness(x: torch.Tensor) -> torch.Tensor:
     """All tokens were just computed: zero steps stale. Shape (B, N), float32."""
     return torch.zeros(x.shape[:2], dtype=torch.float32, device=x.device)
