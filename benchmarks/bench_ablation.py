@@ -1,0 +1,95 @@
+"""Ablations of the CPU kernel choices, each against the default, interleaved in one process.
+
+    python benchmarks/bench_ablation.py --rounds 9
+
+The machine's speed drifts over a day by more than these effects, so they are measured side by
+side: every setting is the same DiT-S-shaped model with toca r=0.25 N=3 (attention reuse),
+compiled once with one choice switched off, and the rounds run the settings in turn. Switches:
+  no GELU fusion   passes/onednn_linear.py leaves GELUs as separate kernels
+  no W @ x^T       2-4-row linears (adaLN) go through oneDNN like the others
+  no in-place      passes/inplace_cache.py is skipped: partial steps build new caches
+  cpu_matmul=aten  MKL for every linear (inductor's default kernels)
+The switches patch module globals for the benchmark only.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+
+import torch
+from tqdm import tqdm
+
+import tokencache
+import tokencache.passes.inplace_cache as inplace_module
+import tokencache.passes.onednn_linear as onednn_module
+from tokencache.models.reference_dit import ReferenceDiT
+from tokencache.profiling.timing import interleaved, per_variant
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_core import CONFIGS, make_generation  # noqa: E402
+
+
+@contextlib.contextmanager
+def patched(module, name, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+# name -> (extra options, patch active while compiling, patch active while running)
+ABLATIONS = {
+    "default": ({}, contextlib.nullcontext, contextlib.nullcontext),
+    "no GELU fusion": ({}, lambda: patched(onednn_module, "GELU", ()), contextlib.nullcontext),
+    "no W @ x^T": ({}, contextlib.nullcontext, lambda: patched(onednn_module, "SMALL_ROWS", (1, 0))),
+    "no in-place": ({}, lambda: patched(inplace_module, "inplace_cache", lambda gm: gm), contextlib.nullcontext),
+    "cpu_matmul=aten": ({"cpu_matmul": "aten"}, contextlib.nullcontext, contextlib.nullcontext),
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--steps", type=int, default=20)
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    cfg = CONFIGS["dit-s"]
+    model = ReferenceDiT(**cfg).eval()
+    x0 = torch.randn(2, cfg["channels"], cfg["image"], cfg["image"])
+    labels = torch.arange(2) % 10
+
+    gens, schedules = {}, {}
+    for name, (options, at_compile, at_run) in tqdm(ABLATIONS.items(), desc="compiling"):
+        compiled = tokencache.compile(model, policy="toca", ratio=0.25, interval=3, num_steps=args.steps,
+                                      inner="inductor", **options)
+        generation = make_generation(compiled, x0, labels, args.steps)
+        with at_compile(), at_run():
+            generation()                      # compiles every variant
+
+        def run(generation=generation, at_run=at_run):
+            with at_run():
+                return generation()
+        gens[name] = run
+        schedules[name] = tokencache.report(compiled)["schedule"]
+        flops = tokencache.report(compiled)["variants"]
+    flop_fraction = flops["partial"]["flops"] / flops["fresh"]["flops"]
+    with tqdm(total=args.rounds * len(gens), desc="interleaved generations") as bar:
+        rounds = interleaved(gens, args.rounds, warmup=0, progress=bar)
+
+    print(f"\n### DiT-S toca r=0.25 N=3, batch 2, {args.steps} steps, {args.rounds} interleaved rounds\n")
+    print("| setting | generation (median ms) | fresh (ms) | partial (ms) | partial / FLOP fraction |")
+    print("|---|---|---|---|---|")
+    for name, times in rounds.items():
+        v = per_variant(times, schedules[name])
+        fresh, part = v["fresh"]["median_s"] * 1e3, v["partial"]["median_s"] * 1e3
+        total = statistics.median(sum(r) for r in times) * 1e3
+        print(f"| {name} | {total:.1f} | {fresh:.2f} | {part:.2f} | {part / fresh / flop_fraction:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
