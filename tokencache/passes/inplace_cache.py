@@ -7,7 +7,9 @@ The cache tensors belong to the runtime, which only keeps what a variant returns
 variant may update them in place; the variant still returns the (same) tensor as its state output.
 
 Only a scatter whose cache is a state placeholder with no other user is rewritten: then nothing in
-the graph can read the old rows after the write.
+the graph can read the old rows after the write. Nothing outside can hold the cache either: a cached
+region's output only ever re-enters the residual stream through an add (regions.py finds regions by
+that), so no model output is, or views, a cache tensor.
 """
 from __future__ import annotations
 
