@@ -231,3 +231,29 @@ def test_cpu_matmul_onednn_without_onednn_is_an_error(monkeypatch):
     with pytest.raises(RuntimeError, match="cpu_matmul='onednn'"):
         inner.cpu_matmul_for([torch.zeros(2)], "inductor", "onednn")
     assert inner.cpu_matmul_for([torch.zeros(2)], "inductor", "auto") == "aten"
+
+
+@pytest.mark.parametrize("returns_cache_view", [False, True])
+def test_inplace_cache_only_where_no_output_is_the_cache(returns_cache_view):
+    """A scatter into a state placeholder becomes in place, unless a model output is that cache or
+    a view of it (a caller keeping outputs would see them change)."""
+    import torch.fx as fx
+
+    from tokencache.passes import token_ops
+    from tokencache.passes.inplace_cache import inplace_cache
+
+    graph = fx.Graph()
+    x, cache, index, rows = (graph.placeholder(n) for n in ("x", "cache", "index", "rows"))
+    new = graph.call_function(token_ops.scatter_rows, (cache, index, rows))
+    shown = graph.call_method("reshape", (new, (-1,))) if returns_cache_view else graph.call_function(torch.add, (x, new))
+    graph.output((shown, new))
+    gm = fx.GraphModule(torch.nn.Module(), graph)
+    gm.meta["tokencache"] = {"num_outputs": 1, "state_in": [], "state_out": ["cache:r"], "host_in": [], "state_init": {}}
+    rewritten = inplace_cache(gm)
+    targets = [n.target for n in rewritten.graph.nodes if n.op == "call_function"]
+    assert (token_ops.scatter_rows_ in targets) == (not returns_cache_view)
+    args = torch.randn(2, 4, 3), torch.zeros(2, 4, 3), torch.tensor([[1], [2]]), torch.ones(2, 1, 3)
+    held = args[1]
+    out, state = rewritten(*args)
+    assert torch.equal(state, token_ops.scatter_rows(torch.zeros(2, 4, 3), args[2], args[3]))
+    assert (state is held) == (not returns_cache_view)
