@@ -75,8 +75,8 @@ def main(argv=None):
             with at_run():
                 return generation()
         gens[name] = run
-        schedules[name] = tokencache.report(compiled)["schedule"]
-        flops = tokencache.report(compiled)["variants"]
+        report = tokencache.report(compiled)     # counts FLOPs by running each variant once
+        schedules[name], flops = report["schedule"], report["variants"]
     flop_fraction = flops["partial"]["flops"] / flops["fresh"]["flops"]
     with tqdm(total=args.rounds * len(gens), desc="interleaved generations") as bar:
         rounds = interleaved(gens, args.rounds, warmup=0, progress=bar)

@@ -35,10 +35,11 @@ def cpu_matmul_for(example_args: list, inner: str, setting: str = "auto") -> str
 
 
 def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_positions: list[int] = (),
-                    pool=None, cpu_matmul: str = "auto"):
+                    pool=None, cpu_matmul: str | None = None):
     """`example_args`: real tensors in the variant's placeholder order; `param_positions`: which of
     them are parameters (read in place by CUDA graphs, frozen into ONNX/TensorRT); `pool`: CUDA graph
-    memory pool to share; `cpu_matmul`: CacheConfig.cpu_matmul."""
+    memory pool to share; `cpu_matmul`: the CPU linear kernels cpu_matmul_for() chose for these
+    arguments (None: not an inductor variant on the CPU)."""
     if inner == "eager":
         return gm
     if inner in ("inductor", "cudagraphs"):
@@ -50,10 +51,9 @@ def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_po
         from ..passes.inplace_cache import inplace_cache
         from ..passes.onednn_linear import onednn_linear
         graph = copy_module(gm)                # the variant itself stays as the policy built it
-        matmul = cpu_matmul_for(example_args, inner, cpu_matmul)
-        if matmul == "onednn":
+        if cpu_matmul == "onednn":
             graph = onednn_linear(graph)
-        if matmul is not None:                 # CPU only: the in-place update is not yet measured on CUDA
+        if cpu_matmul is not None:             # CPU only: the in-place update is not yet measured on CUDA
             graph = inplace_cache(graph)
         with torch.no_grad():
             fn = compile_fx(graph, example_args)

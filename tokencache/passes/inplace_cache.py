@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from ..compiler.token_axis import op_name
 from . import token_ops
 from .graph_edit import copy_module, outputs_of, wiring
 
@@ -36,7 +37,6 @@ def inplace_cache(gm: fx.GraphModule) -> fx.GraphModule:
 
 def _source(value):
     """The node a model output is, or is a view of."""
-    while isinstance(value, fx.Node) and value.op in ("call_function", "call_method") and value.args and (
-            getattr(value.target, "__name__", str(value.target)) in _VIEWS):
+    while isinstance(value, fx.Node) and value.args and op_name(value) in _VIEWS:
         value = value.args[0]
     return value

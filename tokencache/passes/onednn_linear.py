@@ -85,4 +85,3 @@ def onednn_linear(gm: fx.GraphModule) -> fx.GraphModule:
         graph.erase_node(node)
     gm.recompile()
     return gm
-

@@ -113,9 +113,9 @@ class CacheRuntime:
         if variant not in self.compiled:
             if self.graph_pool is None and self.config.inner == "cudagraphs" and torch.cuda.is_available():
                 self.graph_pool = torch.cuda.graph_pool_handle()   # one pool: variants never run concurrently
-            self.compiled[variant] = compile_variant(self.variants[variant], full_args, self.config.inner,
-                                                     self.param_positions, self.graph_pool, self.config.cpu_matmul)
             self.matmul[variant] = cpu_matmul_for(full_args, self.config.inner, self.config.cpu_matmul)
+            self.compiled[variant] = compile_variant(self.variants[variant], full_args, self.config.inner,
+                                                     self.param_positions, self.graph_pool, self.matmul[variant])
             self.compiles[variant] += 1
         return self.compiled[variant]
 
