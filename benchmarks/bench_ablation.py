@@ -9,6 +9,8 @@ compiled once with one choice switched off, and the rounds run the settings in t
   no W @ x^T       2-4-row linears (adaLN) go through oneDNN like the others
   no in-place      passes/inplace_cache.py is skipped: partial steps build new caches
   cpu_matmul=aten  MKL for every linear (inductor's default kernels)
+and one switched on:
+  packed weights   cpu_matmul="onednn_packed": GEMMs on kept packed weight copies (more memory)
 The switches patch module globals for the benchmark only.
 """
 from __future__ import annotations
@@ -49,6 +51,7 @@ ABLATIONS = {
     "no W @ x^T": ({}, contextlib.nullcontext, lambda: patched(onednn_module, "SMALL_ROWS", (1, 0))),
     "no in-place": ({}, lambda: patched(inplace_module, "inplace_cache", lambda gm: gm), contextlib.nullcontext),
     "cpu_matmul=aten": ({"cpu_matmul": "aten"}, contextlib.nullcontext, contextlib.nullcontext),
+    "packed weights": ({"cpu_matmul": "onednn_packed"}, contextlib.nullcontext, contextlib.nullcontext),
 }
 
 
@@ -63,7 +66,7 @@ def main(argv=None):
     x0 = torch.randn(2, cfg["channels"], cfg["image"], cfg["image"])
     labels = torch.arange(2) % 10
 
-    gens, schedules = {}, {}
+    gens, schedules, packed_mb = {}, {}, {}
     for name, (options, at_compile, at_run) in tqdm(ABLATIONS.items(), desc="compiling"):
         compiled = tokencache.compile(model, policy="toca", ratio=0.25, interval=3, num_steps=args.steps,
                                       inner="inductor", **options)
@@ -77,18 +80,21 @@ def main(argv=None):
         gens[name] = run
         report = tokencache.report(compiled)     # counts FLOPs by running each variant once
         schedules[name], flops = report["schedule"], report["variants"]
+        packed_mb[name] = report["packed_weight_bytes"] / 2**20
     flop_fraction = flops["partial"]["flops"] / flops["fresh"]["flops"]
     with tqdm(total=args.rounds * len(gens), desc="interleaved generations") as bar:
         rounds = interleaved(gens, args.rounds, warmup=0, progress=bar)
 
     print(f"\n### DiT-S toca r=0.25 N=3, batch 2, {args.steps} steps, {args.rounds} interleaved rounds\n")
-    print("| setting | generation (median ms) | fresh (ms) | partial (ms) | partial / FLOP fraction |")
-    print("|---|---|---|---|---|")
+    print("| setting | generation (median ms) | fresh (ms) | partial (ms) | partial / FLOP fraction "
+          "| packed weight copies (MiB) |")
+    print("|---|---|---|---|---|---|")
     for name, times in rounds.items():
         v = per_variant(times, schedules[name])
         fresh, part = v["fresh"]["median_s"] * 1e3, v["partial"]["median_s"] * 1e3
         total = statistics.median(sum(r) for r in times) * 1e3
-        print(f"| {name} | {total:.1f} | {fresh:.2f} | {part:.2f} | {part / fresh / flop_fraction:.3f}x |")
+        print(f"| {name} | {total:.1f} | {fresh:.2f} | {part:.2f} | {part / fresh / flop_fraction:.3f}x "
+              f"| {packed_mb[name]:.0f} |")
 
 
 if __name__ == "__main__":

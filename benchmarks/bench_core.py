@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 import tokencache
-from tokencache.config import INNER_BACKENDS
+from tokencache.config import CPU_MATMULS, INNER_BACKENDS
 from tokencache.models.reference_dit import ReferenceDiT
 from tokencache.profiling.timing import interleaved, median_ratio, per_variant, step_times
 
@@ -59,7 +59,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--inner", default="inductor", choices=list(INNER_BACKENDS))
-    p.add_argument("--cpu-matmul", default="auto", choices=["auto", "onednn", "aten"],
+    p.add_argument("--cpu-matmul", default="auto", choices=list(CPU_MATMULS),
                    help="CacheConfig.cpu_matmul: kernels for the linear layers on the CPU")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

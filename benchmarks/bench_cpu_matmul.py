@@ -47,7 +47,7 @@ def main(argv=None):
 
     models = {"torch.compile inductor (no cache)": torch.compile(model, backend="inductor", dynamic=False)}
     for policy, options in POLICIES.items():
-        for matmul in ("aten", "onednn"):
+        for matmul in ("aten", "onednn", "onednn_packed"):
             models[f"tokencache {policy}, cpu_matmul={matmul}"] = tokencache.compile(
                 model, num_steps=args.steps, inner="inductor", cpu_matmul=matmul, **options)
     gens = {name: make_generation(m, x0, labels, args.steps) for name, m in models.items()}

@@ -43,10 +43,10 @@ def test_caching_changes_the_output(case_name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cpu_matmul", ["auto", "aten"])
+@pytest.mark.parametrize("cpu_matmul", ["auto", "onednn_packed", "aten"])
 def test_inductor_matches_uncompiled(cpu_matmul):
     """The compiled path itself (inductor, compile_fx per variant), with the linear layers on
-    oneDNN (GELU fused) where this torch has it, and on ATen's kernels."""
+    oneDNN (GELU fused) where this torch has it, on live or packed weights, and on ATen's kernels."""
     case = ALL_CASES["reference"]()
     model = case.build()
     x0 = noise(case)
@@ -56,8 +56,35 @@ def test_inductor_matches_uncompiled(cpu_matmul):
     assert rel_err(generate(case, compiled, x0), expected) <= TOL
     variants = tokencache.report(compiled)["variants"]
     assert variants["fresh"]["compiles"] == 1 and variants["partial"]["compiles"] == 1
-    kernels = "onednn" if cpu_matmul == "auto" and torch.backends.mkldnn.is_available() else "aten"
+    onednn = {"auto": "onednn", "onednn_packed": "onednn_packed"}.get(cpu_matmul)
+    kernels = onednn if onednn and torch.backends.mkldnn.is_available() else "aten"
     assert variants["fresh"]["cpu_matmul"] == variants["partial"]["cpu_matmul"] == kernels
+    assert (tokencache.report(compiled)["packed_weight_bytes"] > 0) == (kernels == "onednn_packed")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_packed_weights_follow_weight_updates():
+    """cpu_matmul="onednn_packed": every GEMM weight is packed once across generations, and a
+    load_state_dict (in place, so the compiled graphs stay valid) is seen at the next call."""
+    from tokencache.runtime.packed_weights import PACKED
+    case = ALL_CASES["reference"]()
+    model, other = case.build(), case.build()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x0 = noise(case)
+    compiled = tokencache.compile(model, num_steps=10, inner="inductor", policy="toca", ratio=0.25, interval=3,
+                                  attention="reuse", cpu_matmul="onednn_packed")
+    eager = tokencache.compile(other, num_steps=10, inner="eager", policy="toca", ratio=0.25, interval=3,
+                               attention="reuse")
+    generate(case, compiled, x0)
+    packs = PACKED.packs
+    generate(case, compiled, x0)
+    assert PACKED.packs == packs                       # second generation: no packing
+    model.load_state_dict(other.state_dict())
+    assert rel_err(generate(case, compiled, x0), generate(case, eager, x0)) <= TOL
+    assert PACKED.packs > packs
 
 
 @pytest.mark.slow

@@ -202,17 +202,48 @@ def test_onednn_linear_rewrites_linears_and_fuses_gelu():
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
 @pytest.mark.parametrize("shape", [(1, 24), (2, 24), (2, 1, 24), (4, 24), (3, 2, 24), (24,)])
 @pytest.mark.parametrize("post_op, algorithm", [("none", ""), ("gelu", "tanh"), ("gelu", "none")])
-def test_tokencache_linear_op_matches_linear(shape, post_op, algorithm):
-    """Both paths of the op (W @ x^T for 2-4 rows, oneDNN otherwise) give linear(+GELU), row-major."""
-    import tokencache.passes.onednn_linear  # noqa: F401  (defines the op)
+@pytest.mark.parametrize("op_name", ["linear", "linear_packed"])
+def test_tokencache_linear_op_matches_linear(shape, post_op, algorithm, op_name):
+    """Both paths of the ops (W @ x^T for 2-4 rows, oneDNN otherwise, on live or packed weights)
+    give linear(+GELU), row-major."""
+    import tokencache.passes.onednn_linear  # noqa: F401  (defines the ops)
+    op = getattr(torch.ops.tokencache, op_name)
     x, w, b = torch.randn(shape), torch.randn(40, 24), torch.randn(40)
     want = torch.nn.functional.linear(x, w, b)
     if post_op == "gelu":
         want = torch.nn.functional.gelu(want, approximate=algorithm)
-    got = torch.ops.tokencache.linear(x, w, b, post_op, algorithm)
+    got = op(x, w, b, post_op, algorithm)
     assert got.shape == want.shape and got.is_contiguous()
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert torch.allclose(torch.ops.tokencache.linear(x, w, None, "none", ""), x @ w.t(), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(op(x, w, None, "none", ""), x @ w.t(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_packed_weights_are_reused_renewed_and_freed():
+    """A weight is packed once while unchanged, again after an in-place update (its version moves)
+    or after drop(); its copy goes with it. The packed GEMM follows the updated weight."""
+    import gc
+
+    from tokencache.runtime.packed_weights import PackedWeights
+    store = PackedWeights()
+    w, x = torch.nn.Parameter(torch.randn(40, 24)), torch.randn(16, 24)
+
+    def matches(weight):
+        got = torch.ops.mkldnn._linear_pointwise(x, store.get(weight, 16), None, "none", [], "")
+        return torch.allclose(got, x @ weight.detach().t(), rtol=1e-5, atol=1e-5)
+    assert matches(w)
+    assert store.get(w, 16) is store.get(w, 16) and store.packs == 1
+    assert store.nbytes([w]) >= w.numel() * 4
+    with torch.no_grad():
+        w.mul_(2.0)
+    assert matches(w) and store.packs == 2
+    w.data.mul_(0.5)                       # bypasses the version counter: not seen ...
+    assert store.get(w, 16) is store.get(w, 16) and store.packs == 2
+    store.drop([w])                        # ... until the copy is dropped
+    assert matches(w) and store.packs == 3
+    del w
+    gc.collect()
+    assert store._entries == {}
 
 
 def test_cpu_matmul_choice():
@@ -221,6 +252,8 @@ def test_cpu_matmul_choice():
     have = torch.backends.mkldnn.is_available()
     assert inner.cpu_matmul_for(fp32, "inductor", "auto") == ("onednn" if have else "aten")
     assert inner.cpu_matmul_for(fp32, "inductor", "aten") == "aten"
+    assert inner.cpu_matmul_for(fp32, "inductor", "onednn_packed") == ("onednn_packed" if have else "aten")
+    assert inner.cpu_matmul_for(bf16, "inductor", "onednn_packed") == "aten"
     assert inner.cpu_matmul_for(bf16, "inductor", "auto") == "aten"      # ATen already uses oneDNN there
     assert inner.cpu_matmul_for(fp32, "eager", "onednn") is None
 
@@ -228,8 +261,9 @@ def test_cpu_matmul_choice():
 def test_cpu_matmul_onednn_without_onednn_is_an_error(monkeypatch):
     from tokencache.compiler import inner
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="cpu_matmul='onednn'"):
-        inner.cpu_matmul_for([torch.zeros(2)], "inductor", "onednn")
+    for setting in ("onednn", "onednn_packed"):
+        with pytest.raises(RuntimeError, match=f"cpu_matmul='{setting}'"):
+            inner.cpu_matmul_for([torch.zeros(2)], "inductor", setting)
     assert inner.cpu_matmul_for([torch.zeros(2)], "inductor", "auto") == "aten"
 
 

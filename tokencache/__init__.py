@@ -4,6 +4,7 @@
     compiled = tokencache.compile(transformer, policy="toca")          # the same
     tokencache.report(compiled)          # regions, variants, schedule, FLOPs, cache bytes
     tokencache.new_generation(compiled)  # reset step counter and caches explicitly
+    tokencache.drop_packed_weights(compiled)  # after writing weights through .data (cpu_matmul="onednn_packed")
 """
 from __future__ import annotations
 
@@ -54,9 +55,12 @@ def report(compiled) -> dict:
                          "the first call (if it was called: Dynamo stops compiling a function after "
                          "torch._dynamo.config.recompile_limit compilations and then runs it eagerly)")
     # one graph per input shape (or per graph break), each with this model's session
+    from .runtime.packed_weights import PACKED
+
     graphs = [runtime.report(session) for runtime, session in found]
     main = max(graphs, key=lambda g: len(g["regions"]))
-    return {**main, "recompiles": len(graphs) - 1, "graphs": graphs if len(graphs) > 1 else None}
+    return {**main, "recompiles": len(graphs) - 1, "graphs": graphs if len(graphs) > 1 else None,
+            "packed_weight_bytes": PACKED.nbytes(_module(compiled).parameters())}
 
 
 def new_generation(compiled) -> None:
@@ -65,10 +69,23 @@ def new_generation(compiled) -> None:
         session.reset()
 
 
+def drop_packed_weights(compiled) -> None:
+    """Free the packed weight copies of cpu_matmul="onednn_packed" for this model; the next call
+    packs again. Needed only after writing weights through `.data`, which bypasses the version
+    counters that tell tokencache a weight changed."""
+    from .runtime.packed_weights import PACKED
+
+    PACKED.drop(_module(compiled).parameters())
+
+
+def _module(compiled) -> torch.nn.Module:
+    return getattr(compiled, "_orig_mod", compiled)
+
+
 def export(compiled, out_dir, **kwargs):
     """Write the compiled model's graph variants as an ONNX bundle (see tokencache.exporters)."""
     from .exporters import export as _export
     return _export(compiled, out_dir, **kwargs)
 
 
-__all__ = ["CacheConfig", "compile", "export", "new_generation", "report", "__version__"]
+__all__ = ["CacheConfig", "compile", "drop_packed_weights", "export", "new_generation", "report", "__version__"]

@@ -12,7 +12,7 @@ AGGRESSIVE = ("reuse", "skip")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_WARMUP = {"taylorseer": 3, "clusca": 3}     # policies whose default warm-up is not 1
 INNER_BACKENDS = ("eager", "inductor", "cudagraphs", "onnxruntime", "tensorrt")
-CPU_MATMULS = ("auto", "onednn", "aten")
+CPU_MATMULS = ("auto", "onednn", "onednn_packed", "aten")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,10 @@ class CacheConfig:
                  (a GELU after a linear is fused into it; an error if this torch build lacks
                  oneDNN), "aten" (inductor's default, MKL for float32), "auto" (oneDNN for float32
                  models where available, else ATen). On AMD CPUs MKL runs its AVX2 path and oneDNN
-                 is about 2x faster (passes/onednn_linear.py, BENCHMARKS.md).
+                 is about 2x faster (passes/onednn_linear.py, BENCHMARKS.md). "onednn_packed":
+                 oneDNN on packed copies of the weights, made on first use and kept (no reorder of
+                 each weight per call: 3-6 % faster steps, for a second copy of every GEMM weight in
+                 memory; runtime/packed_weights.py says when copies are renewed).
     strict:      raise instead of warning and falling back to the uncached model.
     staleness_weight, dynamics_weight, spatial_bonus, spatial_grid: the token score (see
                  passes/token_ops.py): dynamics + staleness, then a bonus for the best token of

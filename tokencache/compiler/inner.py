@@ -18,20 +18,22 @@ def parameter_key(args, param_positions: list[int]) -> tuple:
 
 def cpu_matmul_for(example_args: list, inner: str, setting: str = "auto") -> str | None:
     """Which kernels run the linear layers of a variant compiled by inductor on the CPU: "onednn"
-    (passes/onednn_linear.py) or "aten"; None where the question does not arise (eager, CUDA,
-    exported variants). `setting` is CacheConfig.cpu_matmul."""
+    or "onednn_packed" (passes/onednn_linear.py) or "aten"; None where the question does not arise
+    (eager, CUDA, exported variants). `setting` is CacheConfig.cpu_matmul."""
     if inner not in ("inductor", "cudagraphs"):
         return None
     tensors = [a for a in example_args if isinstance(a, torch.Tensor)]
     if any(t.device.type != "cpu" for t in tensors):
         return None
     from ..passes.onednn_linear import onednn_available
-    if setting == "onednn" and not onednn_available():
-        raise RuntimeError("tokencache: cpu_matmul='onednn' but this torch build has no oneDNN (mkldnn) "
+    if setting.startswith("onednn") and not onednn_available():
+        raise RuntimeError(f"tokencache: cpu_matmul={setting!r} but this torch build has no oneDNN (mkldnn) "
                            "linear kernels; use cpu_matmul='aten' or 'auto'")
     # other dtypes already reach oneDNN through ATen (bf16/fp16 CPU matmuls use it)
     fp32_only = all(t.dtype == torch.float32 for t in tensors if t.is_floating_point())
-    return "onednn" if setting != "aten" and fp32_only and onednn_available() else "aten"
+    if setting == "aten" or not fp32_only or not onednn_available():
+        return "aten"
+    return "onednn_packed" if setting == "onednn_packed" else "onednn"
 
 
 def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_positions: list[int] = (),
@@ -51,8 +53,8 @@ def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_po
         from ..passes.inplace_cache import inplace_cache
         from ..passes.onednn_linear import onednn_linear
         graph = copy_module(gm)                # the variant itself stays as the policy built it
-        if cpu_matmul == "onednn":
-            graph = onednn_linear(graph)
+        if cpu_matmul in ("onednn", "onednn_packed"):
+            graph = onednn_linear(graph, packed=cpu_matmul == "onednn_packed")
         if cpu_matmul is not None:             # CPU only: the in-place update is not yet measured on CUDA
             graph = inplace_cache(graph)
         with torch.no_grad():

@@ -18,6 +18,10 @@ streams W) and returns it row-major: twelve [2,384]x[384,1536] products with col
 written into the graph, the transposed result reaches the LayerNorm/modulation kernels that read it
 with a stride inductor does not vectorise (the DiT-S step got 4 ms slower); an inductor-generated
 multiply-and-sum was fast alone but inductor fused it into those same kernels.
+
+With cpu_matmul="onednn_packed" the rewrite calls `tokencache::linear_packed` instead, which runs
+the GEMMs on packed copies of the weights kept by runtime/packed_weights.py (no reorder per call,
+a second copy of each GEMM weight in memory).
 """
 from __future__ import annotations
 
@@ -25,32 +29,37 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from ..runtime.packed_weights import PACKED
 from .graph_edit import copy_module
 
 SMALL_ROWS = (2, 4)     # measured: W @ x^T beats oneDNN at 2 and 4 rows, ties at 8, loses at 1
 
 _LIBRARY = torch.library.Library("tokencache", "DEF")
-_LIBRARY.define("linear(Tensor x, Tensor weight, Tensor? bias, str post_op, str algorithm) -> Tensor")
+for _name in ("linear", "linear_packed"):
+    _LIBRARY.define(f"{_name}(Tensor x, Tensor weight, Tensor? bias, str post_op, str algorithm) -> Tensor")
 
 
-def _linear_cpu(x, weight, bias, post_op, algorithm):
+def _linear(x, weight, bias, post_op, algorithm, packed: bool):
     if x.dim() == 1:
-        return _linear_cpu(x.unsqueeze(0), weight, bias, post_op, algorithm).squeeze(0)
+        return _linear(x.unsqueeze(0), weight, bias, post_op, algorithm, packed).squeeze(0)
     rows = x.numel() // x.shape[-1]
     if SMALL_ROWS[0] <= rows <= SMALL_ROWS[1]:
         flat_t = x.reshape(rows, x.shape[-1]).t()
         out = torch.mm(weight, flat_t) if bias is None else torch.addmm(bias.unsqueeze(1), weight, flat_t)
         out = out.t().contiguous().reshape(*x.shape[:-1], weight.shape[0])
         return F.gelu(out, approximate=algorithm or "none") if post_op == "gelu" else out
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, post_op, [], algorithm)
+    weight = PACKED.get(weight, rows) if packed else weight.contiguous()
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, post_op, [], algorithm)
 
 
 def _linear_meta(x, weight, bias, post_op, algorithm):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-_LIBRARY.impl("linear", _linear_cpu, "CPU")
-_LIBRARY.impl("linear", _linear_meta, "Meta")
+_LIBRARY.impl("linear", lambda *a: _linear(*a, packed=False), "CPU")
+_LIBRARY.impl("linear_packed", lambda *a: _linear(*a, packed=True), "CPU")
+for _name in ("linear", "linear_packed"):
+    _LIBRARY.impl(_name, _linear_meta, "Meta")
 
 LINEAR = (F.linear, torch.ops.aten.linear.default)
 GELU = (F.gelu, torch.ops.aten.gelu.default)
@@ -60,9 +69,10 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def onednn_linear(gm: fx.GraphModule) -> fx.GraphModule:
-    """Every `linear` becomes `tokencache::linear`; a `gelu` that is a linear's only user is fused
-    into it (oneDNN post-op, erf or tanh form as the graph asks)."""
+def onednn_linear(gm: fx.GraphModule, packed: bool = False) -> fx.GraphModule:
+    """Every `linear` becomes `tokencache::linear` (`linear_packed` with `packed`); a `gelu` that
+    is a linear's only user is fused into it (oneDNN post-op, erf or tanh form as the graph asks)."""
+    target = torch.ops.tokencache.linear_packed.default if packed else torch.ops.tokencache.linear.default
     gm = copy_module(gm)
     graph = gm.graph
     for node in list(graph.nodes):
@@ -77,7 +87,7 @@ def onednn_linear(gm: fx.GraphModule) -> fx.GraphModule:
             approximate = gelu.args[1] if len(gelu.args) > 1 else gelu.kwargs.get("approximate", "none")
             post_op, algorithm, last = "gelu", approximate, gelu
         with graph.inserting_after(last):
-            fused = graph.call_function(torch.ops.tokencache.linear.default, (x, weight, bias, post_op, algorithm))
+            fused = graph.call_function(target, (x, weight, bias, post_op, algorithm))
         fused.meta = dict(last.meta)
         last.replace_all_uses_with(fused)
         if last is not node:

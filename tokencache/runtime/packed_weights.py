@@ -1,0 +1,61 @@
+"""Pre-packed copies of CPU linear weights, for cpu_matmul="onednn_packed".
+
+oneDNN computes a GEMM on weights in its own blocked layout. Handed a plain weight, it reorders
+it on every call: 30-70 us per DiT-S weight on the 2-core machine of BENCHMARKS.md, more than a
+tenth of a 128-row GEMM, which is what token-wise steps run. Keeping one packed copy per weight
+removes the reorder for the memory of a second copy of every weight that runs as a GEMM.
+
+A copy is reused while the weight is the same live tensor with the same storage and version
+counter. In-place updates through the tensor itself (load_state_dict, optimiser steps,
+`w.copy_(...)` under no_grad) bump the version and the weight is packed again on its next use;
+writes through `w.data` bypass the version counter, so after those call
+`tokencache.drop_packed_weights(model)`. A copy is freed with its weight.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Iterable
+
+import torch
+
+
+class PackedWeights:
+    def __init__(self):
+        # id(weight) -> (weakref to the weight, its version, its data pointer, packed copy)
+        self._entries: dict[int, tuple[weakref.ref, int, int, torch.Tensor]] = {}
+        self.packs = 0          # how many times a weight was packed (tests: reuse, repack on change)
+
+    def get(self, weight: torch.Tensor, rows: int) -> torch.Tensor:
+        """The packed copy of `weight` (out_features, in_features); `rows`: a row count it will
+        multiply, which oneDNN takes as a hint for the layout."""
+        key = id(weight)
+        entry = self._entries.get(key)
+        if (entry is not None and entry[0]() is weight and entry[1] == weight._version
+                and entry[2] == weight.data_ptr()):
+            return entry[3]
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
+        self._entries[key] = (weakref.ref(weight, lambda _ref, key=key: self._forget(key, _ref)),
+                              weight._version, weight.data_ptr(), packed)
+        self.packs += 1
+        return packed
+
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._entries[key]
+
+    def drop(self, weights: Iterable[torch.Tensor]) -> None:
+        for w in weights:
+            self._entries.pop(id(w), None)
+
+    def nbytes(self, weights: Iterable[torch.Tensor]) -> int:
+        """Memory held by the packed copies of these weights."""
+        total = 0
+        for w in weights:
+            entry = self._entries.get(id(w))
+            if entry is not None and entry[0]() is w:
+                total += entry[3].numel() * entry[3].element_size()
+        return total
+
+
+PACKED = PackedWeights()
