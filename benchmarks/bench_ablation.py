@@ -8,6 +8,8 @@ compiled once with one choice switched off, and the rounds run the settings in t
   no GELU fusion   passes/onednn_linear.py leaves GELUs as separate kernels
   no W @ x^T       2-4-row linears (adaLN) go through oneDNN like the others
   no in-place      passes/inplace_cache.py is skipped: partial steps build new caches
+  no early gather  passes/partial.py gathers the region input's rows, not the residual stream's
+                   (the N-row LayerNorm + modulation output is written out for the score and gather)
   cpu_matmul=aten  MKL for every linear (inductor's default kernels)
 and one switched on:
   packed weights   cpu_matmul="onednn_packed": GEMMs on kept packed weight copies (more memory)
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import statistics
 import sys
@@ -27,11 +30,14 @@ from tqdm import tqdm
 import tokencache
 import tokencache.passes.inplace_cache as inplace_module
 import tokencache.passes.onednn_linear as onednn_module
+from tokencache.passes.graph_edit import node_by_name
 from tokencache.models.reference_dit import ReferenceDiT
 from tokencache.profiling.timing import interleaved, per_variant
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_core import CONFIGS, make_generation  # noqa: E402
+
+partial_module = importlib.import_module("tokencache.passes.partial")   # the package exports partial()
 
 
 @contextlib.contextmanager
@@ -50,6 +56,9 @@ ABLATIONS = {
     "no GELU fusion": ({}, lambda: patched(onednn_module, "GELU", ()), contextlib.nullcontext),
     "no W @ x^T": ({}, contextlib.nullcontext, lambda: patched(onednn_module, "SMALL_ROWS", (1, 0))),
     "no in-place": ({}, lambda: patched(inplace_module, "inplace_cache", lambda gm: gm), contextlib.nullcontext),
+    "no early gather": ({}, lambda: patched(partial_module, "row_prelude",
+                                            lambda gm, region, created: (node_by_name(gm, region.input), {})),
+                        contextlib.nullcontext),
     "cpu_matmul=aten": ({"cpu_matmul": "aten"}, contextlib.nullcontext, contextlib.nullcontext),
     "packed weights": ({"cpu_matmul": "onednn_packed"}, contextlib.nullcontext, contextlib.nullcontext),
 }

@@ -114,6 +114,52 @@ def test_module_path_normalisation():
     assert module_path(Node()) == "transformer_blocks.0.attn1.to_q"
 
 
+def test_row_prelude_gathers_the_residual_stream_before_layernorm_and_modulation():
+    """The feed-forward's LayerNorm + adaLN modulation are row-local and only feed the region, so
+    partial steps gather rows of the residual stream and run them on K rows; the self-attention's
+    input also feeds keys and values (N rows stay needed), so it is gathered where it is."""
+    from tokencache.compiler.token_axis import op_name
+    from tokencache.passes.partial import row_prelude
+    gm = _capture("reference")
+    regions = {r.name: r for r in analyse(gm).regions}
+    mlp, attn = regions["blocks.0.mlp"], regions["blocks.0.attn"]
+    source, axes = row_prelude(gm, mlp, set())
+    assert mlp.input in axes and set(axes.values()) == {1}
+    assert "layer_norm" in {op_name(n) for n in gm.graph.nodes if n.name in axes}
+    assert op_name(source) == "add" and len(source.users) > 1       # the residual stream
+    source, axes = row_prelude(gm, attn, set())
+    assert source.name == attn.input and axes == {}
+
+
+def test_row_prelude_stops_at_per_token_inputs():
+    """A per-token table added on the way (a positional embedding) would need gathering too: the
+    prelude stops below it."""
+    from tokencache.passes.partial import row_prelude
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(8)
+            self.pos = torch.nn.Parameter(torch.randn(16, 8))
+            self.ff = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+
+        def forward(self, x):
+            return x + self.ff(self.norm(x) + self.pos)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block()])
+
+        def forward(self, x):
+            return self.blocks[0](x * 2.0)
+
+    gm, _ = _capture_call(Net(), lambda m: m(torch.randn(2, 16, 8)))
+    ff = next(r for r in analyse(gm).regions if r.name == "blocks.0.ff")
+    source, axes = row_prelude(gm, ff, set())
+    assert source.name == ff.input and axes == {}    # the input adds self.pos: stop there
+
+
 def _weight_slices(gm) -> dict[str, int]:
     """Row slices taken of weight parameters: node name -> rows."""
     return {f"{n.args[0].name}:{n.name}": n.args[1].stop - n.args[1].start for n in gm.graph.nodes
