@@ -54,12 +54,13 @@ def test_inductor_matches_uncompiled(cpu_matmul):
     compiled = tokencache.compile(model, num_steps=10, inner="inductor", policy="toca", ratio=1.0, attention="tokens",
                                   cpu_matmul=cpu_matmul)
     assert rel_err(generate(case, compiled, x0), expected) <= TOL
-    variants = tokencache.report(compiled)["variants"]
+    report = tokencache.report(compiled)
+    variants = report["variants"]
     assert variants["fresh"]["compiles"] == 1 and variants["partial"]["compiles"] == 1
     onednn = {"auto": "onednn", "onednn_packed": "onednn_packed"}.get(cpu_matmul)
     kernels = onednn if onednn and torch.backends.mkldnn.is_available() else "aten"
     assert variants["fresh"]["cpu_matmul"] == variants["partial"]["cpu_matmul"] == kernels
-    assert (tokencache.report(compiled)["packed_weight_bytes"] > 0) == (kernels == "onednn_packed")
+    assert (report["packed_weight_bytes"] > 0) == (kernels == "onednn_packed")
 
 
 @pytest.mark.slow

@@ -56,11 +56,12 @@ def report(compiled) -> dict:
                          "torch._dynamo.config.recompile_limit compilations and then runs it eagerly)")
     # one graph per input shape (or per graph break), each with this model's session
     from .runtime.packed_weights import PACKED
+    from .runtime.registry import module_of
 
     graphs = [runtime.report(session) for runtime, session in found]
     main = max(graphs, key=lambda g: len(g["regions"]))
     return {**main, "recompiles": len(graphs) - 1, "graphs": graphs if len(graphs) > 1 else None,
-            "packed_weight_bytes": PACKED.nbytes(_module(compiled).parameters())}
+            "packed_weight_bytes": PACKED.nbytes(module_of(compiled).parameters())}
 
 
 def new_generation(compiled) -> None:
@@ -74,12 +75,9 @@ def drop_packed_weights(compiled) -> None:
     packs again. Needed only after writing weights through `.data`, which bypasses the version
     counters that tell tokencache a weight changed."""
     from .runtime.packed_weights import PACKED
+    from .runtime.registry import module_of
 
-    PACKED.drop(_module(compiled).parameters())
-
-
-def _module(compiled) -> torch.nn.Module:
-    return getattr(compiled, "_orig_mod", compiled)
+    PACKED.drop(module_of(compiled).parameters())
 
 
 def export(compiled, out_dir, **kwargs):

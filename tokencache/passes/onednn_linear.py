@@ -25,6 +25,8 @@ a second copy of each GEMM weight in memory).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -33,10 +35,6 @@ from ..runtime.packed_weights import PACKED
 from .graph_edit import copy_module
 
 SMALL_ROWS = (2, 4)     # measured: W @ x^T beats oneDNN at 2 and 4 rows, ties at 8, loses at 1
-
-_LIBRARY = torch.library.Library("tokencache", "DEF")
-for _name in ("linear", "linear_packed"):
-    _LIBRARY.define(f"{_name}(Tensor x, Tensor weight, Tensor? bias, str post_op, str algorithm) -> Tensor")
 
 
 def _linear(x, weight, bias, post_op, algorithm, packed: bool):
@@ -56,9 +54,10 @@ def _linear_meta(x, weight, bias, post_op, algorithm):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-_LIBRARY.impl("linear", lambda *a: _linear(*a, packed=False), "CPU")
-_LIBRARY.impl("linear_packed", lambda *a: _linear(*a, packed=True), "CPU")
-for _name in ("linear", "linear_packed"):
+_LIBRARY = torch.library.Library("tokencache", "DEF")
+for _name, _packed in (("linear", False), ("linear_packed", True)):
+    _LIBRARY.define(f"{_name}(Tensor x, Tensor weight, Tensor? bias, str post_op, str algorithm) -> Tensor")
+    _LIBRARY.impl(_name, functools.partial(_linear, packed=_packed), "CPU")
     _LIBRARY.impl(_name, _linear_meta, "Meta")
 
 LINEAR = (F.linear, torch.ops.aten.linear.default)

@@ -24,11 +24,17 @@ def register(runtime, session, params: list[torch.Tensor]) -> None:
     _MODEL_OF[session] = min(id(p) for p in params) if params else id(session)
 
 
-def sessions_for(model) -> list[tuple[object, object]]:
-    """(runtime, session) pairs that ran this model, oldest first."""
+def module_of(model) -> torch.nn.Module:
+    """The nn.Module behind a torch.compile'd model (or the module itself)."""
     module = getattr(model, "_orig_mod", model)
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"expected the torch.compile'd model or its module, got {type(model).__name__}")
+    return module
+
+
+def sessions_for(model) -> list[tuple[object, object]]:
+    """(runtime, session) pairs that ran this model, oldest first."""
+    module = module_of(model)
     ids = {id(p) for p in module.parameters()} | {id(b) for b in module.buffers()}
     found = []
     for ref, session, params in _ENTRIES:
