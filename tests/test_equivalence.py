@@ -57,7 +57,7 @@ def test_inductor_matches_uncompiled(cpu_matmul):
     report = tokencache.report(compiled)
     variants = report["variants"]
     assert variants["fresh"]["compiles"] == 1 and variants["partial"]["compiles"] == 1
-    onednn = {"auto": "onednn", "onednn_packed": "onednn_packed"}.get(cpu_matmul)
+    onednn = {"auto": "onednn_packed", "onednn_packed": "onednn_packed"}.get(cpu_matmul)
     kernels = onednn if onednn and torch.backends.mkldnn.is_available() else "aten"
     assert variants["fresh"]["cpu_matmul"] == variants["partial"]["cpu_matmul"] == kernels
     assert (report["packed_weight_bytes"] > 0) == (kernels == "onednn_packed")
@@ -66,8 +66,9 @@ def test_inductor_matches_uncompiled(cpu_matmul):
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
 def test_packed_weights_follow_weight_updates():
-    """cpu_matmul="onednn_packed": every GEMM weight is packed once across generations, and a
-    load_state_dict (in place, so the compiled graphs stay valid) is seen at the next call."""
+    """cpu_matmul="onednn_packed" (auto's choice here): every GEMM weight is packed once across
+    generations; a load_state_dict (in place, so the compiled graphs stay valid) is seen at the next
+    call, and a write through `.data` (as peft's LoRA merge does) at the next generation."""
     from tokencache.runtime.packed_weights import PACKED
     case = ALL_CASES["reference"]()
     model, other = case.build(), case.build()
@@ -84,6 +85,13 @@ def test_packed_weights_follow_weight_updates():
     generate(case, compiled, x0)
     assert PACKED.packs == packs                       # second generation: no packing
     model.load_state_dict(other.state_dict())
+    assert rel_err(generate(case, compiled, x0), generate(case, eager, x0)) <= TOL
+    assert PACKED.packs > packs
+    packs = PACKED.packs
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), other.parameters()):
+            q.mul_(1.5)
+            p.data += 0.5 * p.data             # not seen by the version counters
     assert rel_err(generate(case, compiled, x0), generate(case, eager, x0)) <= TOL
     assert PACKED.packs > packs
 

@@ -1,5 +1,6 @@
 """Unit tests of the pieces: token scores and selection, the step clock, region analysis."""
 import operator
+import os
 
 import pytest
 import torch
@@ -283,10 +284,15 @@ def test_packed_weights_are_reused_renewed_and_freed():
     with torch.no_grad():
         w.mul_(2.0)
     assert matches(w) and store.packs == 2
-    w.data.mul_(0.5)                       # bypasses the version counter: not seen ...
+    assert store.verify([w]) == 0          # unchanged bytes: the copy stays
+    w.data.mul_(0.5)                       # bypasses the version counter: not seen by get() ...
     assert store.get(w, 16) is store.get(w, 16) and store.packs == 2
-    store.drop([w])                        # ... until the copy is dropped
+    assert store.verify([w]) == 1          # ... but by verify(), which drops the stale copy
     assert matches(w) and store.packs == 3
+    w.data[3, 5] = torch.nextafter(w.data[3, 5], torch.tensor(float("inf")))   # one bit of one element
+    assert store.verify([w]) == 1 and matches(w) and store.packs == 4
+    store.drop([w])
+    assert matches(w) and store.packs == 5
     del w
     gc.collect()
     assert store._entries == {}
@@ -296,12 +302,29 @@ def test_cpu_matmul_choice():
     from tokencache.compiler import inner
     fp32, bf16 = [torch.zeros(2, 2)], [torch.zeros(2, 2, dtype=torch.bfloat16)]
     have = torch.backends.mkldnn.is_available()
-    assert inner.cpu_matmul_for(fp32, "inductor", "auto") == ("onednn" if have else "aten")
+    assert inner.cpu_matmul_for(fp32, "inductor", "auto") == ("onednn_packed" if have else "aten")
+    assert inner.cpu_matmul_for(fp32, "inductor", "onednn") == ("onednn" if have else "aten")
     assert inner.cpu_matmul_for(fp32, "inductor", "aten") == "aten"
     assert inner.cpu_matmul_for(fp32, "inductor", "onednn_packed") == ("onednn_packed" if have else "aten")
     assert inner.cpu_matmul_for(bf16, "inductor", "onednn_packed") == "aten"
     assert inner.cpu_matmul_for(bf16, "inductor", "auto") == "aten"      # ATen already uses oneDNN there
     assert inner.cpu_matmul_for(fp32, "eager", "onednn") is None
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_cpu_matmul_auto_packs_only_weights_that_fit(monkeypatch):
+    """"auto" keeps packed copies while the weights take at most a quarter of the machine's memory,
+    and runs oneDNN on the live weights above that or where the memory is unknown."""
+    from tokencache.compiler import inner
+    fp32 = [torch.zeros(2, 2)]
+    if hasattr(os, "sysconf"):
+        assert inner.machine_memory_bytes() > 2**20
+    monkeypatch.setattr(inner, "machine_memory_bytes", lambda: 4000)
+    assert inner.cpu_matmul_for(fp32, "inductor", "auto", weight_bytes=1000) == "onednn_packed"
+    assert inner.cpu_matmul_for(fp32, "inductor", "auto", weight_bytes=1001) == "onednn"
+    assert inner.cpu_matmul_for(fp32, "inductor", "onednn_packed", weight_bytes=10**9) == "onednn_packed"
+    monkeypatch.setattr(inner, "machine_memory_bytes", lambda: None)
+    assert inner.cpu_matmul_for(fp32, "inductor", "auto", weight_bytes=1) == "onednn"
 
 
 def test_cpu_matmul_onednn_without_onednn_is_an_error(monkeypatch):

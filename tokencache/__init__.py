@@ -4,7 +4,7 @@
     compiled = tokencache.compile(transformer, policy="toca")          # the same
     tokencache.report(compiled)          # regions, variants, schedule, FLOPs, cache bytes
     tokencache.new_generation(compiled)  # reset step counter and caches explicitly
-    tokencache.drop_packed_weights(compiled)  # after writing weights through .data (cpu_matmul="onednn_packed")
+    tokencache.drop_packed_weights(compiled)  # free the packed weight copies of cpu_matmul="onednn_packed"
 """
 from __future__ import annotations
 
@@ -71,9 +71,11 @@ def new_generation(compiled) -> None:
 
 
 def drop_packed_weights(compiled) -> None:
-    """Free the packed weight copies of cpu_matmul="onednn_packed" for this model; the next call
-    packs again. Needed only after writing weights through `.data`, which bypasses the version
-    counters that tell tokencache a weight changed."""
+    """Free the packed weight copies of cpu_matmul="onednn_packed" (auto's choice for float32 CPU
+    models) for this model; the next call packs again. Changed weights are noticed without it (by
+    their version counters, and writes through `.data` when the next generation starts); it is
+    needed after a write through `.data` that only permutes values within rows of a weight, or
+    within a generation (runtime/packed_weights.py)."""
     from .runtime.packed_weights import PACKED
     from .runtime.registry import module_of
 

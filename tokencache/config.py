@@ -38,12 +38,14 @@ class CacheConfig:
                  deployment numerics, or TensorRT speed, inside the PyTorch loop).
     cpu_matmul:  kernels for the linear layers of inductor-compiled variants on the CPU: "onednn"
                  (a GELU after a linear is fused into it; an error if this torch build lacks
-                 oneDNN), "aten" (inductor's default, MKL for float32), "auto" (oneDNN for float32
-                 models where available, else ATen). On AMD CPUs MKL runs its AVX2 path and oneDNN
-                 is about 2x faster (passes/onednn_linear.py, BENCHMARKS.md). "onednn_packed":
-                 oneDNN on packed copies of the weights, made on first use and kept (no reorder of
-                 each weight per call: 3-6 % faster steps, for a second copy of every GEMM weight in
-                 memory; runtime/packed_weights.py says when copies are renewed).
+                 oneDNN), "onednn_packed" (oneDNN on packed copies of the GEMM weights, made on
+                 first use and kept: no reorder of each weight per call, for a second copy of
+                 every GEMM weight in memory; runtime/packed_weights.py says how changed weights
+                 are noticed), "aten" (inductor's default, MKL for float32), "auto" (for float32
+                 models where oneDNN is available: "onednn_packed" while the parameters take at
+                 most a quarter of the machine's memory, "onednn" above that; else ATen). On AMD
+                 CPUs MKL runs its AVX2 path and oneDNN is about 2x faster (passes/onednn_linear.py,
+                 BENCHMARKS.md).
     strict:      raise instead of warning and falling back to the uncached model.
     staleness_weight, dynamics_weight, spatial_bonus, spatial_grid: the token score (see
                  passes/token_ops.py): dynamics + staleness, then a bonus for the best token of

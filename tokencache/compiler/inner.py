@@ -1,6 +1,7 @@
 """Inner backends: how one graph variant becomes a callable. Each variant is compiled once."""
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -16,10 +17,23 @@ def parameter_key(args, param_positions: list[int]) -> tuple:
     return tuple(args[i].data_ptr() for i in list(param_positions[:1]) + list(param_positions[-1:]))
 
 
-def cpu_matmul_for(example_args: list, inner: str, setting: str = "auto") -> str | None:
+PACKED_MEMORY_SHARE = 0.25   # "auto" keeps packed weight copies while the weights take at most this share of RAM
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory of this machine, None where the OS does not say (os.sysconf is POSIX)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def cpu_matmul_for(example_args: list, inner: str, setting: str = "auto", weight_bytes: int = 0) -> str | None:
     """Which kernels run the linear layers of a variant compiled by inductor on the CPU: "onednn"
     or "onednn_packed" (passes/onednn_linear.py) or "aten"; None where the question does not arise
-    (eager, CUDA, exported variants). `setting` is CacheConfig.cpu_matmul."""
+    (eager, CUDA, exported variants). `setting` is CacheConfig.cpu_matmul; `weight_bytes`: the
+    model's parameter memory, which "auto" copies as packed weights only while it is at most a
+    quarter of the machine's memory (plain oneDNN above that, or where the memory is unknown)."""
     if inner not in ("inductor", "cudagraphs"):
         return None
     tensors = [a for a in example_args if isinstance(a, torch.Tensor)]
@@ -33,7 +47,11 @@ def cpu_matmul_for(example_args: list, inner: str, setting: str = "auto") -> str
     fp32_only = all(t.dtype == torch.float32 for t in tensors if t.is_floating_point())
     if setting == "aten" or not fp32_only or not onednn_available():
         return "aten"
-    return "onednn_packed" if setting == "onednn_packed" else "onednn"
+    if setting == "auto":
+        memory = machine_memory_bytes()
+        fits = memory is not None and weight_bytes <= PACKED_MEMORY_SHARE * memory
+        return "onednn_packed" if fits else "onednn"
+    return setting
 
 
 def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_positions: list[int] = (),

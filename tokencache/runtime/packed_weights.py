@@ -1,4 +1,5 @@
-"""Pre-packed copies of CPU linear weights, for cpu_matmul="onednn_packed".
+"""Pre-packed copies of CPU linear weights, for cpu_matmul="onednn_packed" (what "auto" picks for
+float32 models on the CPU, compiler/inner.py).
 
 oneDNN computes a GEMM on weights in its own blocked layout. Handed a plain weight, it reorders
 it on every call: 30-70 us per DiT-S weight on the 2-core machine of BENCHMARKS.md, more than a
@@ -7,9 +8,18 @@ removes the reorder for the memory of a second copy of every weight that runs as
 
 A copy is reused while the weight is the same live tensor with the same storage and version
 counter. In-place updates through the tensor itself (load_state_dict, optimiser steps,
-`w.copy_(...)` under no_grad) bump the version and the weight is packed again on its next use;
-writes through `w.data` bypass the version counter, so after those call
-`tokencache.drop_packed_weights(model)`. A copy is freed with its weight.
+`w.copy_(...)` under no_grad) bump the version and the weight is packed again on its next use.
+Writes through `w.data` bypass the version counter (peft's LoRA merge, behind diffusers'
+`fuse_lora`, is one: `weight.data += delta`), so the runtime also calls verify() when a generation
+starts: it compares a fingerprint of each weight's bytes, taken when it was packed, and drops
+copies whose weight changed. The fingerprint is the per-row sum of the weight's bit patterns as
+integers (modulo 2^32): any change to one element changes its row's sum, and so does any other
+write that does not leave every row's bit-pattern sum exactly as it was (a write that only permutes
+values within a row does; after one, call `tokencache.drop_packed_weights(model)`). It reads each
+weight once per generation: 2.4 ms for the 81 MiB of DiT-S GEMM weights on the machine of
+BENCHMARKS.md, against ~47 ms the packed copies save in a 20-step generation. A write through
+`.data` in the middle of a generation is seen at the next one, as cached features are.
+A copy is freed with its weight.
 """
 from __future__ import annotations
 
@@ -21,8 +31,8 @@ import torch
 
 class PackedWeights:
     def __init__(self):
-        # id(weight) -> (weakref to the weight, its version, its data pointer, packed copy)
-        self._entries: dict[int, tuple[weakref.ref, int, int, torch.Tensor]] = {}
+        # id(weight) -> (weakref to the weight, its version, its data pointer, packed copy, fingerprint)
+        self._entries: dict[int, tuple[weakref.ref, int, int, torch.Tensor, torch.Tensor]] = {}
         self.packs = 0          # how many times a weight was packed (tests: reuse, repack on change)
 
     def get(self, weight: torch.Tensor, rows: int) -> torch.Tensor:
@@ -35,9 +45,20 @@ class PackedWeights:
             return entry[3]
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
         self._entries[key] = (weakref.ref(weight, lambda _ref, key=key: self._forget(key, _ref)),
-                              weight._version, weight.data_ptr(), packed)
+                              weight._version, weight.data_ptr(), packed, fingerprint(weight))
         self.packs += 1
         return packed
+
+    def verify(self, weights: Iterable[torch.Tensor]) -> int:
+        """Drop the copies of those weights whose bytes changed since they were packed (a write
+        through `.data`); returns how many were dropped. The next use packs them again."""
+        stale = []
+        for w in weights:
+            entry = self._entries.get(id(w))
+            if entry is not None and entry[0]() is w and not torch.equal(entry[4], fingerprint(w)):
+                stale.append(w)
+        self.drop(stale)
+        return len(stale)
 
     def _forget(self, key: int, ref: weakref.ref) -> None:
         entry = self._entries.get(key)
@@ -56,6 +77,13 @@ class PackedWeights:
             if entry is not None and entry[0]() is w:
                 total += entry[3].numel() * entry[3].element_size()
         return total
+
+
+def fingerprint(weight: torch.Tensor) -> torch.Tensor:
+    """Per-row sums of the weight's bit patterns, as integers modulo 2^32 (module docstring)."""
+    bits = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[weight.element_size()]
+    rows = weight.detach().reshape(weight.shape[0], -1).contiguous().view(bits)
+    return rows.sum(1, dtype=torch.int32)
 
 
 PACKED = PackedWeights()

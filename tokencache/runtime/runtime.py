@@ -23,6 +23,7 @@ from ..compiler.inner import compile_variant, cpu_matmul_for
 from ..config import CacheConfig
 from ..policies import FRESH
 from . import registry
+from .packed_weights import PACKED
 from .session import Session
 
 
@@ -68,6 +69,9 @@ class CacheRuntime:
         if registry.note_call(session, self.user_signature(args)):
             session.reset()                   # another input signature ran last: a new generation
         variant, step, state = session.begin(self._timestep_value(args), self._variant_for)
+        if step == 0 and session.clock.position == 0 and "onednn_packed" in self.matmul.values():
+            # a generation starts: notice weights written through .data since they were packed
+            PACKED.verify(args[i] for i in self.param_positions)
         full_args = self.assemble(variant, args, state, step, session.fresh_steps)
         with torch.no_grad():
             outs = self._compiled(variant, full_args)(*full_args)
@@ -113,7 +117,8 @@ class CacheRuntime:
         if variant not in self.compiled:
             if self.graph_pool is None and self.config.inner == "cudagraphs" and torch.cuda.is_available():
                 self.graph_pool = torch.cuda.graph_pool_handle()   # one pool: variants never run concurrently
-            self.matmul[variant] = cpu_matmul_for(full_args, self.config.inner, self.config.cpu_matmul)
+            weight_bytes = sum(full_args[i].nbytes for i in self.param_positions)
+            self.matmul[variant] = cpu_matmul_for(full_args, self.config.inner, self.config.cpu_matmul, weight_bytes)
             self.compiled[variant] = compile_variant(self.variants[variant], full_args, self.config.inner,
                                                      self.param_positions, self.graph_pool, self.matmul[variant])
             self.compiles[variant] += 1
