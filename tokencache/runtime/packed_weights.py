@@ -16,8 +16,8 @@ copies whose weight changed. The fingerprint is the per-row sum of the weight's 
 integers (modulo 2^32): any change to one element changes its row's sum, and so does any other
 write that does not leave every row's bit-pattern sum exactly as it was (a write that only permutes
 values within a row does; after one, call `tokencache.drop_packed_weights(model)`). It reads each
-weight once per generation: 2.4 ms for the 81 MiB of DiT-S GEMM weights on the machine of
-BENCHMARKS.md, against ~47 ms the packed copies save in a 20-step generation. A write through
+weight once per generation: about 3 ms for the 81 MiB of DiT-S GEMM weights on the 2-core machine
+of BENCHMARKS.md, where the packed copies save ~120 ms of a 1.35 s 20-step generation. A write through
 `.data` in the middle of a generation is seen at the next one, as cached features are.
 A copy is freed with its weight.
 """
