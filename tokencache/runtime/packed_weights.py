@@ -17,7 +17,7 @@ integers (modulo 2^32): any change to one element changes its row's sum, and so 
 write that does not leave every row's bit-pattern sum exactly as it was (a write that only permutes
 values within a row does; after one, call `tokencache.drop_packed_weights(model)`). It reads each
 weight once per generation: about 3 ms for the 81 MiB of DiT-S GEMM weights on the 2-core machine
-of BENCHMARKS.md, where the packed copies save ~120 ms of a 1.35 s 20-step generation. A write through
+of BENCHMARKS.md, where the packed copies save 70-126 ms of a 1.33-1.47 s 20-step generation. A write through
 `.data` in the middle of a generation is seen at the next one, as cached features are.
 A copy is freed with its weight.
 """
@@ -38,11 +38,10 @@ class PackedWeights:
     def get(self, weight: torch.Tensor, rows: int) -> torch.Tensor:
         """The packed copy of `weight` (out_features, in_features); `rows`: a row count it will
         multiply, which oneDNN takes as a hint for the layout."""
-        key = id(weight)
-        entry = self._entries.get(key)
-        if (entry is not None and entry[0]() is weight and entry[1] == weight._version
-                and entry[2] == weight.data_ptr()):
+        entry = self._entry(weight)
+        if entry is not None and entry[1] == weight._version and entry[2] == weight.data_ptr():
             return entry[3]
+        key = id(weight)
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
         self._entries[key] = (weakref.ref(weight, lambda _ref, key=key: self._forget(key, _ref)),
                               weight._version, weight.data_ptr(), packed, fingerprint(weight))
@@ -52,11 +51,8 @@ class PackedWeights:
     def verify(self, weights: Iterable[torch.Tensor]) -> int:
         """Drop the copies of those weights whose bytes changed since they were packed (a write
         through `.data`); returns how many were dropped. The next use packs them again."""
-        stale = []
-        for w in weights:
-            entry = self._entries.get(id(w))
-            if entry is not None and entry[0]() is w and not torch.equal(entry[4], fingerprint(w)):
-                stale.append(w)
+        stale = [w for w in weights
+                 if (entry := self._entry(w)) is not None and not torch.equal(entry[4], fingerprint(w))]
         self.drop(stale)
         return len(stale)
 
@@ -71,12 +67,14 @@ class PackedWeights:
 
     def nbytes(self, weights: Iterable[torch.Tensor]) -> int:
         """Memory held by the packed copies of these weights."""
-        total = 0
-        for w in weights:
-            entry = self._entries.get(id(w))
-            if entry is not None and entry[0]() is w:
-                total += entry[3].numel() * entry[3].element_size()
-        return total
+        entries = [self._entry(w) for w in weights]
+        return sum(e[3].numel() * e[3].element_size() for e in entries if e is not None)
+
+    def _entry(self, weight: torch.Tensor):
+        """This weight's entry; None if it has none (ids are reused after a weight is freed, so an
+        entry counts only while its weakref still points at this weight)."""
+        entry = self._entries.get(id(weight))
+        return entry if entry is not None and entry[0]() is weight else None
 
 
 def fingerprint(weight: torch.Tensor) -> torch.Tensor:
