@@ -1,6 +1,7 @@
 """Find the cacheable regions of a captured transformer graph.
 
-A *block* is a module path that ends in a list index (`transformer_blocks.3`); a *region* is a
+A *block* is the innermost numbered module holding an attention (`transformer_blocks.3`, see
+blocks.py); a *region* is a
 direct child of a block (`transformer_blocks.3.ff`) whose nodes form a clean unit of dataflow:
 one token-major tensor input from outside (B, N, C), one output used outside (B, N, C'), and
 nothing else leaking. The output is what gets cached: it is taken before the block applies its
@@ -13,9 +14,10 @@ from dataclasses import dataclass, field
 
 import torch.fx as fx
 
+from .blocks import child_of, find_blocks
+from .blocks import inside as in_block
 from .token_axis import SDPA, NotTokenLocal, op_name, propagate, shape_of
 
-_NUMBERED = re.compile(r"^(.*?[A-Za-z_]\w*)\.(\d+)(?:\.|$)")
 _COMPUTE = {"linear", "matmul", "bmm", "conv2d", "conv1d", SDPA, "baddbmm"}
 
 
@@ -66,18 +68,13 @@ def module_path(node: fx.Node) -> str:
 def analyse(gm: fx.GraphModule) -> Analysis:
     nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     paths = {n.name: module_path(n) for n in nodes}
-    blocks: list[str] = []
-    for n in nodes:
-        m = _NUMBERED.match(paths[n.name])
-        if m and f"{m.group(1)}.{m.group(2)}" not in blocks:
-            blocks.append(f"{m.group(1)}.{m.group(2)}")
+    blocks = find_blocks(nodes, paths)
     regions, rejected = [], []
     for block in blocks:
         children: dict[str, list[fx.Node]] = {}
         for n in nodes:
-            p = paths[n.name]
-            if p.startswith(block + "."):
-                child = block + "." + p[len(block) + 1:].split(".")[0]
+            child = child_of(paths[n.name], block)
+            if child is not None:
                 children.setdefault(child, []).append(n)
         for child, members in children.items():
             if not any(op_name(n) in _COMPUTE for n in members):
@@ -95,7 +92,7 @@ def _block_outputs(nodes, paths, blocks) -> dict[str, str]:
     """The residual stream leaving each block: its only 3-D tensor used outside the block."""
     found = {}
     for block in blocks:
-        inside = {n.name for n in nodes if paths[n.name] == block or paths[n.name].startswith(block + ".")}
+        inside = {n.name for n in nodes if in_block(paths[n.name], block)}
         leaving = [n for n in nodes if n.name in inside and len(shape_of(n) or ()) == 3
                    and any(u.name not in inside for u in n.users)]
         if len(leaving) == 1:
