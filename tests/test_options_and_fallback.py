@@ -100,18 +100,26 @@ def test_report_before_first_call_is_a_clear_error():
         tokencache.report(tokencache.compile(NoBlocksModel()))
 
 
-def test_flux_joint_attention_falls_back_with_reason():
+def test_flux_joint_attention_is_cached_token_wise():
+    """Flux's double blocks attend over image and text tokens jointly (two outputs): tokencache
+    caches both outputs and, under attention="tokens", recomputes the K image queries against all
+    keys (exact at K=N, RoPE rows gathered with the tokens)."""
     from diffusers import FluxTransformer2DModel
     torch.manual_seed(0)
     flux = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
                                   num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
                                   axes_dims_rope=[4, 4, 8]).eval()
+    ids = torch.stack([torch.zeros(16), torch.arange(16) // 4, torch.arange(16) % 4], dim=1)
     inputs = dict(hidden_states=torch.randn(1, 16, 4), encoder_hidden_states=torch.randn(1, 8, 32),
-                  pooled_projections=torch.randn(1, 32), timestep=torch.tensor([1.0]), img_ids=torch.zeros(16, 3),
+                  pooled_projections=torch.randn(1, 32), timestep=torch.tensor([1.0]), img_ids=ids,
                   txt_ids=torch.zeros(8, 3), return_dict=False)
-    compiled = tokencache.compile(flux, policy="toca", inner="eager", num_steps=4)
-    with torch.no_grad(), pytest.warns(UserWarning, match="joint attention"):
-        got = compiled(**inputs)[0]
+    compiled = tokencache.compile(flux, policy="toca", inner="eager", num_steps=2, interval=2, ratio=1.0,
+                                  attention="tokens")
     with torch.no_grad():
-        torch.testing.assert_close(got, flux(**inputs)[0], rtol=1e-5, atol=1e-5)
-    assert "transformer_blocks.0.attn" in tokencache.report(compiled)["fallback_reason"]
+        for t in (1.0, 0.5):
+            step = {**inputs, "timestep": torch.tensor([t])}
+            torch.testing.assert_close(compiled(**step)[0], flux(**step)[0], rtol=1e-4, atol=1e-5)
+    report = tokencache.report(compiled)
+    assert report["fallback_reason"] is None and report["variants"]["partial"]["calls"] == 1
+    joint = [r for r in report["regions"] if r["region"] == "transformer_blocks.0.attn"][0]
+    assert joint["kind"] == "joint_attention" and joint["token_wise"] and joint["context_tokens"] == 8

@@ -7,6 +7,7 @@ from typing import Any
 
 POLICIES = ("none", "fora", "toca", "duca", "taylorseer", "clusca")
 ATTENTION_MODES = ("reuse", "tokens")
+CONTEXT_TOKENS = ("recompute", "reuse")
 SELECTIONS = ("auto", "score", "random", "vnorm")
 AGGRESSIVE = ("reuse", "skip")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
@@ -30,6 +31,9 @@ class CacheConfig:
     attention:   "reuse": self-attention output is reused in token-wise steps (ToCa's choice);
                  "tokens": only the queries of the selected tokens are computed, keys/values see
                  all tokens (exact for the selected rows).
+    context_tokens: joint-attention models (SD3, Flux, ...): the text stream's tokens in token-wise
+                 steps. "recompute": its feed-forward and, under attention="tokens", its queries
+                 run on every text token; "reuse": their cached outputs are reused whole.
     inner:       backend that compiles each graph variant: "inductor"; "eager" (tests, debugging);
                  "cudagraphs" (inductor, then each variant captured once as a CUDA graph and
                  replayed; CUDA inputs only, a warning and plain inductor otherwise); "onnxruntime"
@@ -79,6 +83,7 @@ class CacheConfig:
     num_steps: int = 50
     warmup: int | None = None
     attention: str = "reuse"
+    context_tokens: str = "recompute"
     inner: str = "inductor"
     cpu_matmul: str = "auto"
     strict: bool = False
@@ -104,7 +109,7 @@ class CacheConfig:
     def __post_init__(self):
         if self.warmup is None and self.policy in POLICIES:
             object.__setattr__(self, "warmup", DEFAULT_WARMUP.get(self.policy, 1))
-        for name, allowed in (("policy", POLICIES), ("attention", ATTENTION_MODES), ("inner", INNER_BACKENDS),
+        for name, allowed in (("policy", POLICIES), ("attention", ATTENTION_MODES), ("context_tokens", CONTEXT_TOKENS), ("inner", INNER_BACKENDS),
                               ("cpu_matmul", CPU_MATMULS),
                               ("selection", SELECTIONS), ("aggressive", AGGRESSIVE), ("cache_dtype", CACHE_DTYPES)):
             _choice(name, getattr(self, name), allowed)

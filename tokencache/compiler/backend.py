@@ -62,6 +62,10 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRunti
             raise TokenCacheError(message)
         warnings.warn(message, stacklevel=2)
         policy = NonePolicy()
+    if policy.name in ("toca", "duca") and (partly := [r for r in analysis.regions if not r.token_wise]):
+        warnings.warn(f"tokencache: {len(partly)} region(s) are not token-local and are reused whole in token-wise "
+                      "steps: " + "; ".join(f"{r.name}: {r.reason}" for r in partly[:3])
+                      + (" ..." if len(partly) > 3 else ""), stacklevel=2)
     # A policy states what a variant computes; dropping the modulation chunks it leaves dead is
     # the same clean-up for every policy.
     variants = {name: drop_dead_chunks(v) for name, v in policy.variants(gm, analysis, config).items()}
@@ -86,6 +90,5 @@ def _unsupported(analysis) -> str | None:
     attention_rejects = [(m, why) for m, why in analysis.rejected if "attn" in m.rsplit(".", 1)[-1]]
     if attention_rejects:
         module, why = attention_rejects[0]
-        hint = "; joint attention over two token streams (Flux/SD3) is not supported yet" if why.startswith("2 values") else ""
-        return f"attention module {module} cannot be cached ({why}{hint})"
+        return f"attention module {module} cannot be cached ({why})"
     return None

@@ -6,6 +6,13 @@ direct child of a block (`transformer_blocks.3.ff`) whose nodes form a clean uni
 one token-major tensor input from outside (B, N, C), one output used outside (B, N, C'), and
 nothing else leaking. The output is what gets cached: it is taken before the block applies its
 gate and residual add, so cached values re-enter with the *current* gates.
+
+A *joint attention* (SD3, Flux double blocks, AuraFlow, Qwen-Image, CogVideoX) takes two streams:
+the image tokens (B, N, C) and the context/text tokens (B, L, C), attends over both, and returns
+one output per stream (the text output is absent in a last, "context pre-only" block). Both
+outputs are cached. The image stream is the one with more tokens (the first in graph order on a
+tie). Regions of the text stream elsewhere in the block (its feed-forward) are marked
+`stream="context"`, so policies can recompute or reuse them whole (CacheConfig.context_tokens).
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import torch.fx as fx
 
 from .blocks import child_of, find_blocks
 from .blocks import inside as in_block
-from .token_axis import SDPA, NotTokenLocal, op_name, propagate, shape_of
+from .token_axis import CONTEXT, IMAGE, SDPA, NotTokenLocal, PathInfo, op_name, propagate, shape_of
 
 _COMPUTE = {"linear", "matmul", "bmm", "conv2d", "conv1d", SDPA, "baddbmm"}
 
@@ -25,7 +32,7 @@ _COMPUTE = {"linear", "matmul", "bmm", "conv2d", "conv1d", SDPA, "baddbmm"}
 class Region:
     name: str                 # normalised module path, e.g. "transformer_blocks.3.ff"
     block: str                # "transformer_blocks.3"
-    kind: str                 # "self_attention" | "cross_attention" | "feed_forward"
+    kind: str                 # "self_attention" | "cross_attention" | "joint_attention" | "feed_forward"
     nodes: list[str]          # the region's nodes, in graph order
     input: str                # token-major input node (outside the region)
     output: str               # the node whose value leaves the region (cached)
@@ -38,10 +45,28 @@ class Region:
     attention: str | None = None                           # the SDPA node
     token_axes: dict[str, int] = field(default_factory=dict)  # token-path node -> its token axis
     value: str | None = None                               # attention: the SDPA's value input node
+    path: PathInfo = field(default_factory=PathInfo)        # segment layouts, per-token tables (token_axis)
+    stream: str = "image"                                  # "image" | "context" (a joint block's text stream)
+    context_input: str | None = None                       # joint attention: the text stream's input
+    context_output: str | None = None                      # ... and its output (None: context pre-only)
+    context_tokens: int = 0
 
     def summary(self) -> dict:
-        return {"region": self.name, "block": self.block, "kind": self.kind, "tokens": self.tokens,
-                "token_wise": self.token_wise, "reason": self.reason}
+        out = {"region": self.name, "block": self.block, "kind": self.kind, "tokens": self.tokens,
+               "token_wise": self.token_wise, "reason": self.reason}
+        if self.kind == "joint_attention":
+            out["context_tokens"] = self.context_tokens
+        if self.stream != "image":
+            out["stream"] = self.stream
+        return out
+
+    def cached_outputs(self) -> list[tuple[str, str, tuple[int, int, int]]]:
+        """(cache name, output node, its (batch, tokens, channels)) of every value the region
+        hands back to the block: one, or two for a joint attention."""
+        outs = [(self.name, self.output, (self.batch, self.tokens, self.out_features))]
+        if self.context_output is not None:
+            outs.append((f"{self.name}:context", self.context_output, (self.batch, self.context_tokens, self.out_features)))
+        return outs
 
 
 @dataclass
@@ -50,6 +75,7 @@ class Analysis:
     regions: list[Region]
     rejected: list[tuple[str, str]]     # (module path, why it is not a region)
     block_outputs: dict[str, str] = field(default_factory=dict)  # block -> the one (B, N, C) tensor leaving it
+    block_tokens: dict[str, int] = field(default_factory=dict)   # block -> the token count of that tensor
 
 
 def module_path(node: fx.Node) -> str:
@@ -72,6 +98,7 @@ def analyse(gm: fx.GraphModule) -> Analysis:
     regions, rejected = [], []
     for block in blocks:
         children: dict[str, list[fx.Node]] = {}
+        inside = {n.name for n in nodes if in_block(paths[n.name], block)}
         for n in nodes:
             child = child_of(paths[n.name], block)
             if child is not None:
@@ -84,8 +111,32 @@ def analyse(gm: fx.GraphModule) -> Analysis:
                 rejected.append((child, region))
             else:
                 regions.append(region)
+        _mark_context_stream([r for r in regions if r.block == block], [n for n in nodes if n.name in inside])
+    outputs = _block_outputs(nodes, paths, blocks)
+    by_name = {n.name: n for n in nodes}
     return Analysis(blocks=[b for b in blocks if any(r.block == b for r in regions)] or blocks,
-                    regions=regions, rejected=rejected, block_outputs=_block_outputs(nodes, paths, blocks))
+                    regions=regions, rejected=rejected, block_outputs=outputs,
+                    block_tokens={b: shape_of(by_name[o])[1] for b, o in outputs.items()})
+
+
+def _mark_context_stream(regions: list[Region], nodes: list[fx.Node]) -> None:
+    """Regions of a joint block that work on the text stream alone: their input descends from a
+    joint attention's text output (or, before it, is its text input) and not from its image output
+    (CogVideoX's feed-forward runs on both streams joined again: an image-stream region)."""
+    def descendants(seed: str | None, joint: Region) -> set[str]:
+        found = {seed} if seed else set()
+        for n in nodes:
+            if n.name not in joint.nodes and any(a.name in found for a in n.all_input_nodes):
+                found.add(n.name)
+        return found
+
+    for joint in (r for r in regions if r.kind == "joint_attention"):
+        text = descendants(joint.context_output or joint.context_input, joint)
+        image = descendants(joint.output, joint)
+        for r in regions:
+            if r.kind != "joint_attention" and ((r.input in text and r.input not in image)
+                                                or r.output == joint.context_input):
+                r.stream = "context"
 
 
 def _block_outputs(nodes, paths, blocks) -> dict[str, str]:
@@ -106,13 +157,17 @@ def _as_region(name: str, block: str, members: list[fx.Node]) -> Region | str:
     external: list[fx.Node] = []
     for n in members:
         external += [a for a in n.all_input_nodes if a.name not in inside and a not in external]
+    sdpas = [n for n in members if op_name(n) == SDPA]
+    if len(sdpas) == 1:
+        joint = _joint_attention_region(name, block, members, external, outputs, sdpas[0])
+        if joint is not None:
+            return joint
     if len(outputs) != 1:
         return f"{len(outputs)} values leave the module (need exactly one)"
     out = outputs[0]
     out_shape = shape_of(out)
     if out_shape is None or len(out_shape) != 3:
         return f"its output {out.name} is not a (batch, tokens, channels) tensor"
-    sdpas = [n for n in members if op_name(n) == SDPA]
     candidates = [a for a in external if (shape_of(a) or ())[:2] == out_shape[:2] and len(shape_of(a)) == 3]
     if not candidates:
         return "no token-major input with the output's (batch, tokens) shape"
@@ -127,10 +182,13 @@ def _as_region(name: str, block: str, members: list[fx.Node]) -> Region | str:
     region = Region(name, block, "feed_forward", [n.name for n in members], x.name, out.name,
                     B, N, C, out_shape[2], token_wise=True)
     try:
-        axes = propagate(members, x, 1, N)
+        info = PathInfo()
+        axes = propagate(members, x, 1, N, info=info)
         if axes.get(out.name) != 1:
             raise NotTokenLocal(f"the output's token axis is {axes.get(out.name)}, not 1")
-        region.token_axes = axes
+        region.token_axes, region.path = axes, info
+        if not any(op_name(n) in _COMPUTE for n in members if n.name in axes):
+            return "no compute on its tokens (a norm modulated by a projected conditioning)"
     except NotTokenLocal as e:
         region.token_wise, region.reason = False, f"not token-local: {_mixers(members) or e}"
     return region
@@ -152,42 +210,92 @@ def _mixers(members: list[fx.Node]) -> str:
     return "; ".join(found)
 
 
-def _attention_region(name, block, members, candidates, out, sdpa) -> Region | str:
-    def ancestors(node: fx.Node) -> set[str]:
-        seen, todo = set(), [node]
-        while todo:
-            n = todo.pop()
-            for a in n.all_input_nodes:
-                if a.name not in seen:
-                    seen.add(a.name)
+def _ancestors(node: fx.Node, inside: set[str]) -> set[str]:
+    """Names of the nodes `node` depends on, walked within `inside` (external inputs included)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        for a in n.all_input_nodes:
+            if a.name not in seen:
+                seen.add(a.name)
+                if a.name in inside:
                     todo.append(a)
-        return seen
+    return seen
 
+
+def _attention_region(name, block, members, candidates, out, sdpa) -> Region | str:
+    inside = {n.name for n in members}
     q, k, v = (_sdpa_arg(sdpa, i, name) for i, name in enumerate(("query", "key", "value")))
     if not all(isinstance(t, fx.Node) for t in (q, k, v)):
         return "attention whose query/key/value are not graph values"
     for x in candidates:
-        feeds = [x.name in ancestors(t) | {t.name} for t in (q, k, v)]
+        feeds = [x.name in _ancestors(t, inside) | {t.name} for t in (q, k, v)]
         if not feeds[0]:
             continue
         kind = "self_attention" if feeds[1] and feeds[2] else "cross_attention"
         B, N, C = shape_of(x)
-        q_path = ancestors(q) | {q.name}
+        q_path = _ancestors(q, inside) | {q.name}
         region = Region(name, block, kind, [n.name for n in members], x.name, out.name, B, N, C,
                         shape_of(out)[2], token_wise=True, attention=sdpa.name,
                         value=v.name if isinstance(v, fx.Node) else None)
         try:
-            member_q = [n for n in members if n.name in q_path]
-            q_axes = propagate(member_q, x, 1, N)
-            if q_axes.get(q.name) != len(shape_of(q)) - 2:
-                raise NotTokenLocal("queries do not have tokens on the second-to-last axis")
-            after = [n for n in members if n.name not in q_path and n is not sdpa]
-            out_axes = propagate(after, sdpa, len(shape_of(sdpa)) - 2, N)
-            if out_axes.get(out.name) != 1:
+            region.token_axes, region.path = _query_path(members, q_path, x, q, sdpa, N, None)
+            if region.token_axes.get(out.name) != 1:
                 raise NotTokenLocal("the attention output does not keep tokens on axis 1")
-            region.token_axes = {**q_axes, **out_axes}
         except NotTokenLocal as e:
             region.token_wise, region.reason = False, f"not token-local: {e}"
         return region
     return "attention whose queries do not come from a token-major input"
 
+
+def _query_path(members, q_path, x, q, sdpa, tokens, context) -> tuple[dict[str, int], PathInfo]:
+    """Token axes from the region input through the queries, and from the attention output on.
+    Only the query path is followed: keys and values keep all tokens (Q-only gather is exact)."""
+    info = PathInfo()
+    q_axes = propagate([n for n in members if n.name in q_path], x, 1, tokens, info=info)
+    if q_axes.get(q.name) != len(shape_of(q)) - 2:
+        raise NotTokenLocal("queries do not have tokens on the second-to-last axis")
+    after = [n for n in members if n.name not in q_path and n is not sdpa]
+    out_axes = propagate(after, sdpa, len(shape_of(sdpa)) - 2, tokens, info=info,
+                         start_layout=info.layouts[q.name])
+    return {**q_axes, **out_axes}, info
+
+
+def _joint_attention_region(name, block, members, external, outputs, sdpa) -> Region | str | None:
+    """A joint attention over an image stream and a text stream, or None if this is not one."""
+    inside = {n.name for n in members}
+    q, v = _sdpa_arg(sdpa, 0, "query"), _sdpa_arg(sdpa, 2, "value")
+    if not isinstance(q, fx.Node):
+        return None
+    q_path = _ancestors(q, inside) | {q.name}
+    streams = [a for a in external if a.name in q_path and len(shape_of(a) or ()) == 3]
+    if len(streams) != 2 or shape_of(streams[0])[0] != shape_of(streams[1])[0]:
+        return None
+    order = {n.name: i for i, n in enumerate(members[0].graph.nodes)}
+    x, c = sorted(streams, key=lambda a: (-shape_of(a)[1], order[a.name]))
+    (B, N, C), L = shape_of(x), shape_of(c)[1]
+    if not outputs or len(outputs) > 2 or any(len(shape_of(o) or ()) != 3 for o in outputs):
+        return f"joint attention whose {len(outputs)} outputs are not (batch, tokens, channels) tensors"
+    region = Region(name, block, "joint_attention", [n.name for n in members], x.name, outputs[0].name, B, N, C,
+                    shape_of(outputs[0])[2], token_wise=True, attention=sdpa.name,
+                    value=v.name if isinstance(v, fx.Node) else None, context_input=c.name, context_tokens=L)
+    try:
+        axes, info = _query_path(members, q_path, x, q, sdpa, N, L)
+        by_layout = {((IMAGE, N),): "image", ((CONTEXT, L),): "context"}
+        found = {}
+        for o in outputs:
+            stream = by_layout.get(info.layouts.get(o.name)) if axes.get(o.name) == 1 else None
+            if stream is None or stream in found:
+                raise NotTokenLocal(f"output {o.name} is not one stream's tokens on axis 1")
+            found[stream] = o
+        region.token_axes, region.path = axes, info
+    except NotTokenLocal as e:
+        region.token_wise, region.reason = False, f"not token-local: {e}"
+        if N == L and len(outputs) == 2:
+            return f"joint attention whose two streams cannot be told apart ({e})"
+        found = {("image" if shape_of(o)[1] == N else "context"): o for o in outputs}
+    if "image" not in found:
+        return "joint attention without an image-stream output"
+    region.output, region.out_features = found["image"].name, shape_of(found["image"])[2]
+    region.context_output = found["context"].name if "context" in found else None
+    return region

@@ -12,12 +12,13 @@ from .taylor_store import factors_key
 
 def forecast(gm: fx.GraphModule, regions: list[Region]) -> fx.GraphModule:
     gm = copy_module(gm)
-    factors = {r.name: add_state_input(gm, factors_key(r)) for r in regions}
+    outputs = [(r, name, node) for r in regions for name, node, _ in r.cached_outputs()]
+    factors = {name: add_state_input(gm, factors_key(name)) for _, name, _ in outputs}
     coef = add_host_input(gm, "taylor_coef")
-    for region in regions:
-        out = node_by_name(gm, region.output)
+    for region, name, node in outputs:
+        out = node_by_name(gm, node)
         dtype = out.meta["example_value"].dtype
         with gm.graph.inserting_after(out):
-            predicted = gm.graph.call_function(token_ops.taylor_predict, (factors[region.name], coef, dtype))
+            predicted = gm.graph.call_function(token_ops.taylor_predict, (factors[name], coef, dtype))
         replace_uses_outside(out, predicted, set(region.nodes))
     return finish(gm)

@@ -18,7 +18,8 @@ def fresh(gm: fx.GraphModule, cached: list[Region], scored: list[Region], select
     gm = copy_module(gm)
     items = {}
     for region in cached:
-        items[f"cache:{region.name}"] = node_by_name(gm, region.output)
+        for name, node, _ in region.cached_outputs():
+            items[f"cache:{name}"] = node_by_name(gm, node)
     for index, region in enumerate(scored):
         x = node_by_name(gm, region.input)
         with gm.graph.inserting_after(x):

@@ -18,7 +18,9 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..compiler.regions import Region
-from ..compiler.token_axis import NotTokenLocal, propagate, shape_of, size_arg_positions
+from typing import NamedTuple
+
+from ..compiler.token_axis import CONTEXT, IMAGE, NotTokenLocal, propagate, shape_of, size_arg_positions, total
 from ..config import CacheConfig
 from . import token_ops
 from .graph_edit import add_state_input, add_state_outputs, copy_module, finish, node_by_name, replace_uses_outside
@@ -32,9 +34,10 @@ def partial(gm: fx.GraphModule, regions: list[Region], config: CacheConfig, sele
             ratios: dict[str, float] | None = None) -> fx.GraphModule:
     """`selection`: "score", "random" or "vnorm" (see token_ops); `ratios`: per-region ratio overrides."""
     gm = copy_module(gm)
+    before = {n.name: n for n in gm.graph.nodes}
     for region in regions:
         ratio = (ratios or {}).get(region.name, config.ratio)
-        _rewrite(gm, region, config, selection, tokens_for(region, ratio))
+        _rewrite(gm, region, config, selection, tokens_for(region, ratio), before)
     return finish(gm)
 
 
@@ -58,21 +61,75 @@ class Emitter:
         return self.anchor
 
 
-def region_on_rows(gm: fx.GraphModule, region: Region, index: fx.Node, k: int, emit: Emitter):
+class Rows(NamedTuple):
+    input: fx.Node            # the region input's K rows
+    output: fx.Node           # the output's K rows (B, K, C')
+    context: fx.Node | None   # joint attention, text recomputed: its text output (B, L, C')
+    created: set[str]         # names of the nodes made
+
+
+def region_on_rows(gm: fx.GraphModule, region: Region, index: fx.Node, k: int, emit: Emitter,
+                   keep_context: bool = True, before: dict[str, fx.Node] | None = None) -> Rows:
     """Gather rows `index` (B, K) of the region input, or of the tensor its row-local prelude
     starts from (row_prelude), and run the prelude and the region's token path on them.
 
-    Returns (the region input's K rows, output rows (B, K, C'), names of the nodes created)."""
+    Joint attention: the image queries are K rows joined with the text queries (all L of them
+    when `keep_context`, none otherwise); slices, splits and reshapes of the joined token axis are
+    resized to match, and per-token tables (RoPE) are gathered at the rows' original positions."""
     x, out = node_by_name(gm, region.input), node_by_name(gm, region.output)
     source, prelude_axes = row_prelude(gm, region, emit.created)
     env = {source: emit(token_ops.gather_rows, source, index)}
-    path = {**prelude_axes, **region.token_axes}
-    for node in (n for n in gm.graph.nodes if n.name in path and n is not source):
-        copy = emit.copy(node, env)
+    path, info = {**prelude_axes, **region.token_axes}, region.path
+
+    def size(segment) -> int:
+        kind, n = segment
+        return k if kind == IMAGE else n if keep_context else 0
+
+    def sizes(layout) -> list[int]:
+        return [size(seg) for seg in layout]
+
+    positions: dict = {}
+    # by the graph as it was before any region was rewritten: a copy may take the name of a path
+    # node that an earlier pass removed as dead
+    originals = [n for name, n in (before or {n.name: n for n in gm.graph.nodes}).items()
+                 if name in path and n is not source]
+    for node in originals:
+        layout = info.layouts.get(node.name, ((IMAGE, region.tokens),))
+        if not keep_context and all(kind == CONTEXT for kind, _ in layout):
+            continue                      # text-only values: the cache stands in for them
+        mapping = dict(env)
+        for arg_name, pos in info.tables.get(node.name, []):
+            if layout not in positions:
+                positions[layout] = emit(token_ops.layout_positions, index, tuple(layout), keep_context)
+            table = node_by_name(gm, arg_name)
+            rank = len(node.meta["example_value"].shape)
+            mapping[table] = emit(token_ops.gather_table, table, positions[layout],
+                                  pos + rank - len(table.meta["example_value"].shape), rank)
+        copy = emit.copy(node, mapping)
         copy.meta.pop("example_value", None)
-        _resize(copy, path[node.name], region.tokens, k)
+        _resize(copy, path[node.name], total(layout), sum(sizes(layout)))
+        src = node.args[0] if node.args else None
+        if node.name in info.slices:
+            j0, j1 = info.slices[node.name]
+            before = sizes(info.layouts[src.name])
+            _reslice(copy, path[src.name], sum(before[:j0]), sum(before[:j1]))
+        if node.name in info.splits:
+            before = sizes(info.layouts[src.name])
+            copy.args = (copy.args[0], [sum(before[j0:j1]) for j0, j1 in info.splits[node.name]], *copy.args[2:])
+        if node.name in info.joins and not keep_context:
+            parts = [a for i, a in enumerate(copy.args[0]) if i not in info.joins[node.name]]
+            copy.args = (parts, *copy.args[1:])
         env[node] = copy
-    return env[x], env[out], {n.name for n in env.values()}
+    context = next((n for n in env if n.name == region.context_output), None)
+    return Rows(env[x], env[out], env.get(context), {n.name for n in env.values()})
+
+
+def _reslice(node: fx.Node, axis: int, start: int, stop: int) -> None:
+    """Point a getitem's slice of the token axis at the resized segments [start, stop)."""
+    index = node.args[1]
+    items = list(index) if isinstance(index, tuple) else [index]
+    items[axis] = slice(start, stop)
+    node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0])
 
 
 def row_prelude(gm: fx.GraphModule, region: Region, created: set[str]) -> tuple[fx.Node, dict[str, int]]:
@@ -124,7 +181,8 @@ def _token_input(node: fx.Node, batch: int, tokens: int) -> fx.Node | None:
     return found[0] if len(found) == 1 else None
 
 
-def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection: str, k: int) -> None:
+def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection: str, k: int,
+             before: dict[str, fx.Node]) -> None:
     cache = add_state_input(gm, f"cache:{region.name}")
     if selection == "random":
         rng = add_state_input(gm, f"rng:{region.name}")
@@ -145,8 +203,14 @@ def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection:
         score = emit(token_ops.token_scores, x, prior, stale, config.interval, float(config.dynamics_weight),
                      float(config.staleness_weight), pair, config.spatial_grid, float(config.spatial_bonus))
     index = emit(token_ops.top_tokens, score, k)
-    _, out_rows, created = region_on_rows(gm, region, index, k, emit)
+    keep_context = config.context_tokens == "recompute"
+    rows = region_on_rows(gm, region, index, k, emit, keep_context, before)
+    out_rows, created = rows.output, rows.created
     new_cache = emit(token_ops.scatter_rows, cache, index, out_rows)
+    text = before.get(region.context_output)
+    if text is not None:          # (gone when an earlier rewrite left the text stream unused)
+        fill = rows.context if keep_context else add_state_input(gm, f"cache:{region.name}:context")
+        replace_uses_outside(text, fill, set(region.nodes) | created)
     if selection == "random":
         state = {f"rng:{region.name}": new_rng}
     else:
@@ -158,7 +222,8 @@ def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, selection:
 
 
 def _resize(node: fx.Node, axis: int, tokens: int, k: int) -> None:
-    """Change a literal token count in a view/reshape size list from N to K."""
+    """Change a literal token count in a view/reshape size list from N to K (or a joined
+    sequence's N + L to K + L)."""
     where = size_arg_positions(node)
     if where is None:
         return

@@ -11,6 +11,7 @@ from .graph_edit import add_state_input, copy_module, finish, node_by_name, repl
 def reuse(gm: fx.GraphModule, regions: list[Region]) -> fx.GraphModule:
     gm = copy_module(gm)
     for region in regions:
-        cache = add_state_input(gm, f"cache:{region.name}")
-        replace_uses_outside(node_by_name(gm, region.output), cache, set(region.nodes))
+        for name, node, _ in region.cached_outputs():      # a joint attention hands back two
+            cache = add_state_input(gm, f"cache:{name}")
+            replace_uses_outside(node_by_name(gm, node), cache, set(region.nodes))
     return finish(gm)   # dead-code elimination drops the region and what only fed it (its norm)

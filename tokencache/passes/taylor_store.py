@@ -12,22 +12,20 @@ from . import token_ops
 from .graph_edit import add_host_input, add_state_input, add_state_outputs, copy_module, finish, node_by_name
 
 
-def factors_key(region: Region) -> str:
-    return f"taylor:{region.name}"
-
-
-def factors_shape(region: Region, order: int) -> tuple[int, ...]:
-    return (order + 1, region.batch, region.tokens, region.out_features)
+def factors_key(name: str) -> str:
+    """State key of the factors of one cached output (Region.cached_outputs names)."""
+    return f"taylor:{name}"
 
 
 def taylor_store(gm: fx.GraphModule, regions: list[Region], order: int, dtype) -> fx.GraphModule:
     gm = copy_module(gm)
-    olds = {r.name: add_state_input(gm, factors_key(r), init=(factors_shape(r, order), dtype)) for r in regions}
+    outputs = [o for r in regions for o in r.cached_outputs()]
+    olds = {name: add_state_input(gm, factors_key(name), init=((order + 1, *shape), dtype)) for name, _, shape in outputs}
     dist, valid = add_host_input(gm, "taylor_dist"), add_host_input(gm, "taylor_valid")
     items = {}
-    for region in regions:
-        out = node_by_name(gm, region.output)
+    for name, node, _ in outputs:
+        out = node_by_name(gm, node)
         with gm.graph.inserting_after(out):
-            items[factors_key(region)] = gm.graph.call_function(token_ops.taylor_update, (out, olds[region.name], dist, valid))
+            items[factors_key(name)] = gm.graph.call_function(token_ops.taylor_update, (out, olds[name], dist, valid))
     add_state_outputs(gm, items)
     return finish(gm)

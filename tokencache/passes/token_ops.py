@@ -106,6 +106,34 @@ def scatter_rows_(full: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -
     return full.index_put_(_rows(index), rows.to(full.dtype))
 
 
+def layout_positions(index: torch.Tensor, layout: tuple, keep_context: bool) -> torch.Tensor:
+    """(B, K') original positions along a joined token axis (image and text segments, see
+    compiler/token_axis.py) of the rows a partial step computes: the K selected image rows of
+    each image segment, and every row of each text segment when text is recomputed."""
+    parts, offset = [], 0
+    for kind, size in layout:
+        if kind == "img":
+            parts.append(index + offset)
+        elif keep_context:
+            parts.append(torch.arange(offset, offset + size, device=index.device).expand(index.shape[0], size))
+        offset += size
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def gather_table(table: torch.Tensor, positions: torch.Tensor, axis: int, rank: int) -> torch.Tensor:
+    """Rows `positions` (B, K') of a per-token table (RoPE cos/sin or complex frequencies) that
+    broadcasts against a rank-`rank` tensor with tokens on `axis`: the result broadcasts the same
+    way against the K' computed rows (batch first, since each sample selects its own rows)."""
+    t = table.reshape((1,) * (rank - table.dim()) + tuple(table.shape))
+    batch, rows = positions.shape
+    t = t.expand(batch, *t.shape[1:])
+    shape = [batch, *t.shape[1:]]
+    shape[axis] = rows
+    view = [1] * rank
+    view[0], view[axis] = batch, rows
+    return torch.gather(t, axis, positions.reshape(view).expand(shape))
+
+
 def fresh_staleness(x: torch.Tensor) -> torch.Tensor:
     """All tokens were just computed: zero steps stale. Shape (B, N), float32."""
     return torch.zeros(x.shape[:2], dtype=torch.float32, device=x.device)

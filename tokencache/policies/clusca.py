@@ -10,8 +10,15 @@ from .base import FRESH, interval_schedule
 from .taylorseer import host_taylor_inputs
 
 
-def split(analysis):
-    clustered = [r for r in analysis.regions if r.kind == "feed_forward" and r.token_wise]
+def split(analysis, config):
+    """(regions only forecast, token-wise feed-forwards that compute one token per cluster): the
+    clusters label the tokens leaving the cluster block, so only regions over those same tokens
+    (not a joint model's text stream, nor Flux's double blocks when its single blocks are
+    clustered) can use them."""
+    block = ClusCaPolicy().cluster_block(analysis, config)
+    tokens = analysis.block_tokens.get(block)
+    clustered = [r for r in analysis.regions if r.kind == "feed_forward" and r.token_wise
+                 and r.stream == "image" and r.tokens == tokens]
     return [r for r in analysis.regions if r not in clustered], clustered
 
 
@@ -24,7 +31,7 @@ class ClusCaPolicy:
         return analysis.blocks[config.cluster_layer]
 
     def check(self, analysis, config):
-        _, clustered = split(analysis)
+        _, clustered = split(analysis, config)
         if not clustered:
             return "ClusCa needs token-local feed-forward regions; none found"
         block = self.cluster_block(analysis, config)
@@ -38,7 +45,7 @@ class ClusCaPolicy:
         return None
 
     def variants(self, gm, analysis, config):
-        forecast_only, clustered = split(analysis)
+        forecast_only, clustered = split(analysis, config)
         block = self.cluster_block(analysis, config)
         fresh = cluster_store(taylor_store(gm, analysis.regions, config.order, config.torch_cache_dtype),
                               analysis.block_outputs[block], config.clusters, config.kmeans_iters, config.seed)
@@ -48,7 +55,7 @@ class ClusCaPolicy:
         return interval_schedule(config, "clusters")
 
     def computed_tokens(self, analysis, config):
-        _, clustered = split(analysis)
+        _, clustered = split(analysis, config)
         return {r.name: (config.clusters if r in clustered else 0) for r in analysis.regions}
 
     def host_inputs(self, variant, step, fresh_steps, config):

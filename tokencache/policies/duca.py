@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..passes import fresh, reuse
 from ..passes.skip import LAST_BLOCK_KEY, skip
 from .base import FRESH, is_fresh_step
-from .toca import TocaPolicy, split_regions, step_buckets, value_nodes
+from .toca import TocaPolicy, cached_regions, split_regions, step_buckets, value_nodes
 
 AGGRESSIVE = "aggressive"
 
@@ -41,8 +41,9 @@ class DucaPolicy(TocaPolicy):
             keep[LAST_BLOCK_KEY] = analysis.block_outputs[last]
             aggressive = skip(gm, last, analysis.block_outputs[last])
         else:
-            aggressive = reuse(gm, analysis.regions)
-        return {FRESH: fresh(gm, analysis.regions, tokenwise, selection, config.seed, keep, value_nodes(analysis)),
+            aggressive = reuse(gm, cached_regions(analysis, config))
+        return {FRESH: fresh(gm, cached_regions(analysis, config), tokenwise, selection, config.seed, keep,
+                             value_nodes(analysis)),
                 **self.partial_variants(gm, analysis, config, selection), AGGRESSIVE: aggressive}
 
     def schedule(self, config):

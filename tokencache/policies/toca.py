@@ -14,10 +14,26 @@ from .base import FRESH, interval_schedule, is_fresh_step
 
 
 def split_regions(analysis, config):
-    """(regions reused whole in partial steps, regions computed token-wise)."""
-    whole = [r for r in analysis.regions if r.kind == "self_attention" and config.attention == "reuse"]
-    tokenwise = [r for r in analysis.regions if r not in whole]
+    """(regions reused whole in partial steps, regions computed token-wise).
+
+    Reused whole: self- and joint attention under attention="reuse", regions that are not
+    token-local (a 3x3 conv in a feed-forward: their reason stays in the report), and the text
+    stream's regions under context_tokens="reuse". Under "recompute" the text stream's regions
+    are in neither list: they are not cached and run in every step."""
+    attention = ("self_attention", "joint_attention")
+    context = [r for r in analysis.regions if r.stream == "context"]
+    whole = [r for r in analysis.regions if r not in context
+             and ((r.kind in attention and config.attention == "reuse") or not r.token_wise)]
+    if config.context_tokens == "reuse":
+        whole += context
+    tokenwise = [r for r in analysis.regions if r not in whole and r not in context]
     return whole, tokenwise
+
+
+def cached_regions(analysis, config):
+    """Every region whose output a fresh step stores."""
+    whole, tokenwise = split_regions(analysis, config)
+    return whole + tokenwise
 
 
 def value_nodes(analysis) -> dict[str, str]:
@@ -61,9 +77,10 @@ class TocaPolicy:
         if not analysis.regions:
             return "no cacheable regions"
         _, tokenwise = split_regions(analysis, config)
-        bad = [f"{r.name}: {r.reason}" for r in tokenwise if not r.token_wise]
-        if bad:
-            return "token-wise caching needs token-local regions; " + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        if not tokenwise:
+            bad = [f"{r.name}: {r.reason}" for r in analysis.regions if not r.token_wise]
+            return ("token-wise caching needs token-local regions and none is; " + "; ".join(bad[:3])
+                    + (" ..." if len(bad) > 3 else "") + " (policy='fora' reuses whole modules)")
         if config.selection_for(self.name) == "vnorm":
             missing = sorted({r.block for r in tokenwise} - set(value_nodes(analysis)))
             if missing:
@@ -84,7 +101,8 @@ class TocaPolicy:
     def variants(self, gm, analysis, config):
         _, tokenwise = split_regions(analysis, config)
         selection = config.selection_for(self.name)
-        return {FRESH: fresh(gm, analysis.regions, tokenwise, selection, config.seed, values=value_nodes(analysis)),
+        return {FRESH: fresh(gm, cached_regions(analysis, config), tokenwise, selection, config.seed,
+                             values=value_nodes(analysis)),
                 **self.partial_variants(gm, analysis, config, selection)}
 
     def schedule(self, config):
@@ -95,10 +113,11 @@ class TocaPolicy:
         """Tokens per region in a cached step (at the mean step factor when steps vary)."""
         whole, tokenwise = split_regions(analysis, config)
         ratios = region_ratios(analysis, tokenwise, config, 1.0)
-        return {**{r.name: 0 for r in whole}, **{r.name: tokens_for(r, ratios[r.name]) for r in tokenwise}}
+        context = {r.name: r.tokens for r in analysis.regions if r not in whole and r not in tokenwise}
+        return {**context, **{r.name: 0 for r in whole}, **{r.name: tokens_for(r, ratios[r.name]) for r in tokenwise}}
 
     def host_inputs(self, variant, step, fresh_steps, config):
         return {}
 
 
-__all__ = ["TocaPolicy", "interval_schedule", "split_regions"]
+__all__ = ["TocaPolicy", "cached_regions", "interval_schedule", "split_regions"]
