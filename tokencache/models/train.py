@@ -2,6 +2,7 @@
 
     python -m tokencache.models.train --minutes 38 --out runs/dit
     python -m tokencache.models.train --arch pixart --minutes 25 --out runs/pixart
+    python -m tokencache.models.train --arch mmdit --minutes 40 --out runs/mmdit
 
 Every few minutes a checkpoint (model, EMA, optimiser, step, RNG) goes to OUT/checkpoint.pt; a rerun
 with the same OUT resumes from it. At the end the EMA weights are written in fp16 to
@@ -20,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from .data import load, sha256_of_files
-from . import fashion_dit, fashion_pixart
+from . import fashion_dit, fashion_mmdit, fashion_pixart
 
-ARCHS = {"dit": fashion_dit, "pixart": fashion_pixart}
+ARCHS = {"dit": fashion_dit, "pixart": fashion_pixart, "mmdit": fashion_mmdit}
 
 
 def flow_batch(x1: torch.Tensor, generator: torch.Generator):
