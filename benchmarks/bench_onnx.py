@@ -11,6 +11,7 @@ import platform
 import tempfile
 from datetime import date
 
+import torch
 from tqdm import tqdm
 
 import tokencache
@@ -46,7 +47,8 @@ def main(argv=None):
     runners, flops = {}, {}
     for name, options in tqdm(settings.items(), desc="exporting bundles"):
         compiled = tokencache.compile(target.model, num_steps=args.steps, inner="eager", **options)
-        target.step(compiled, target.init(), 0, args.steps)
+        with torch.no_grad():                    # tokencache caches inference only
+            target.step(compiled, target.init(), 0, args.steps)
         report = tokencache.report(compiled)
         flops[name] = report["flops_per_generation"]
         runners[name] = OnnxBundleRunner(tokencache.export(compiled, os.path.join(work, name.replace(" ", "_")), progress=False))

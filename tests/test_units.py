@@ -1,4 +1,4 @@
-"""Unit tests of the pieces: token scores and selection, the step clock, region analysis."""
+"""Unit tests of the pieces: token scores and selection, region analysis (the step clock: test_steps.py)."""
 import operator
 import os
 
@@ -7,7 +7,6 @@ import torch
 
 from tokencache.compiler.regions import analyse, module_path
 from tokencache.passes import token_ops
-from tokencache.runtime.clock import StepClock
 from tiny_models import ALL_CASES, noise
 
 
@@ -49,24 +48,6 @@ def test_gather_scatter_round_trip_and_staleness():
     assert torch.equal(changed[0, 7], full[0, 7]) and changed[0, 0].abs().sum() == 0
     stale = token_ops.age_staleness(torch.full((2, 10), 2.0), idx)
     assert stale[0, 1] == 0 and stale[0, 0] == 3
-
-
-def test_clock_steps_cfg_calls_and_new_generations():
-    clock = StepClock(num_steps=4)
-    seen = []
-    for t in [999, 999, 750, 750, 500, 500, 999, 999, 750]:    # two calls per step, restart at 999
-        new = clock.tick(float(t))
-        seen.append((clock.step, clock.position, new))
-    assert seen[:4] == [(0, 0, True), (0, 1, False), (1, 0, False), (1, 1, False)]
-    assert seen[6] == (0, 0, True) and seen[8] == (1, 0, False)
-    counting = StepClock(num_steps=2)
-    assert [counting.tick(None) for _ in range(5)] == [True, False, True, False, True]
-
-
-def test_clock_ascending_timesteps():
-    clock = StepClock(num_steps=10)
-    news = [clock.tick(float(t)) for t in [0, 100, 200, 0, 100]]
-    assert news == [True, False, False, True, False]
 
 
 def _capture_call(model, call) -> tuple:

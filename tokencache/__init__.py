@@ -5,6 +5,8 @@
     tokencache.report(compiled)          # regions, variants, schedule, FLOPs, cache bytes
     tokencache.new_generation(compiled)  # reset step counter and caches explicitly
     tokencache.drop_packed_weights(compiled)  # free the packed weight copies of cpu_matmul="onednn_packed"
+    with tokencache.generation(compiled, steps=20): ...   # one explicit generation (state per block)
+    pipe = tokencache.compile_pipeline(pipe, policy="toca")  # each pipeline call is one generation
 """
 from __future__ import annotations
 
@@ -13,34 +15,51 @@ import functools
 import torch
 
 from .config import CacheConfig
+from .errors import TokenCacheError
+from .pipeline import compile_pipeline
+from .runtime.generation import Generation as generation
 
 __version__ = "0.1.0"
+
+_BACKENDS: dict = {}     # CacheConfig -> its one backend callable (Dynamo counts backends per function)
 
 
 def compile(model: torch.nn.Module, **options):
     """torch.compile(model, backend="tokencache", options=options, dynamic=False).
 
-    Options are validated here (ValueError naming the key) before anything is traced."""
+    Options are validated here (ValueError naming the key) before anything is traced. Every call
+    with the same options shares one backend, so compiling any number of instances of one model
+    class stays within Dynamo's recompile limit (8 graphs per function; a backend per call would
+    count each). Errors tokencache raises while compiling (strict=True, a timestep_input not among
+    the captured inputs) come out as themselves, not wrapped in Dynamo's BackendCompilerFailed; a
+    call that Dynamo runs without reaching tokencache (its recompile limit, a dispatch mode) warns
+    once and shows in report()["eager_calls"]."""
     from .compiler.backend import CompileHandle, tokencache_backend
+    from .compiler.timestep import check_timestep_input
 
     config = CacheConfig.from_options(options)
-    handle = CompileHandle()
-    compiled = torch.compile(model, backend=functools.partial(tokencache_backend, handle=handle),
-                             options=config.to_dict(), dynamic=False)
-    # OptimizedModule forwards attribute writes to the wrapped module; this one belongs to the wrapper.
+    check_timestep_input(model, config.timestep_input)
+    backend = _BACKENDS.get(config)
+    if backend is None:
+        backend = _BACKENDS[config] = functools.partial(tokencache_backend, options=config)
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+    handle = CompileHandle(config, model)
+    # OptimizedModule forwards attribute writes to the wrapped module; these belong to the wrapper.
     object.__setattr__(compiled, "_tokencache_handle", handle)
+    compiled.forward = handle.wrap(compiled.forward)
     return compiled
 
 
 def _sessions(compiled) -> list:
-    """(runtime, session) pairs of this compiled model: those of its own compilation when it came
-    from tokencache.compile, else those of the configuration that ran last for the module."""
+    """(runtime, entry) pairs of this compiled model (an entry: the model's state and counts for one
+    graph, runtime/session.py): those of its own configuration when it came from
+    tokencache.compile, else those of the configuration that ran last for the module."""
     from .runtime.registry import sessions_for
 
     found = sessions_for(compiled)
     handle = getattr(compiled, "__dict__", {}).get("_tokencache_handle")
     if handle is not None:
-        return [(r, s) for r, s in found if any(r is h for h in handle.runtimes)]
+        return [(r, s) for r, s in found if r.config == handle.config]
     if not found:
         return []
     latest = max(found, key=lambda rs: rs[1].last_call)[0].config
@@ -50,7 +69,10 @@ def _sessions(compiled) -> list:
 def report(compiled) -> dict:
     """JSON-serialisable report of what tokencache did to a compiled model (see DESIGN.md)."""
     found = _sessions(compiled)
+    handle = getattr(compiled, "__dict__", {}).get("_tokencache_handle")
     if not found:
+        if handle is not None and handle.eager_calls:
+            raise ValueError(f"tokencache never ran this model: {handle.eager_reason}")
         raise ValueError("this model has not been run through the tokencache backend yet: reports exist after "
                          "the first call (if it was called: Dynamo stops compiling a function after "
                          "torch._dynamo.config.recompile_limit compilations and then runs it eagerly)")
@@ -58,16 +80,19 @@ def report(compiled) -> dict:
     from .runtime.packed_weights import PACKED
     from .runtime.registry import module_of
 
-    graphs = [runtime.report(session) for runtime, session in found]
+    graphs = [runtime.report(entry) for runtime, entry in found]
     main = max(graphs, key=lambda g: len(g["regions"]))
     return {**main, "recompiles": len(graphs) - 1, "graphs": graphs if len(graphs) > 1 else None,
-            "packed_weight_bytes": PACKED.nbytes(module_of(compiled).parameters())}
+            "packed_weight_bytes": PACKED.nbytes(module_of(compiled).parameters()),
+            "eager_calls": handle.eager_calls if handle is not None else None,
+            "eager_reason": handle.eager_reason if handle is not None else None}
 
 
 def new_generation(compiled) -> None:
-    """Start a new generation: reset the step counter and drop cached features."""
-    for _, session in _sessions(compiled):
-        session.reset()
+    """Start a new generation: this thread's next call of the model starts at step 0 with no cached
+    features (other threads and explicit `generation` blocks keep their own state)."""
+    for _, entry in _sessions(compiled):
+        entry.reset_thread()
 
 
 def drop_packed_weights(compiled) -> None:
@@ -88,4 +113,5 @@ def export(compiled, out_dir, **kwargs):
     return _export(compiled, out_dir, **kwargs)
 
 
-__all__ = ["CacheConfig", "compile", "drop_packed_weights", "export", "new_generation", "report", "__version__"]
+__all__ = ["CacheConfig", "TokenCacheError", "compile", "compile_pipeline", "drop_packed_weights", "export",
+           "generation", "new_generation", "report", "__version__"]

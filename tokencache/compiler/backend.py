@@ -4,42 +4,93 @@
                    -> CacheRuntime (compiles each variant lazily with the inner backend)
 
 When the rewrite cannot apply, it warns once with the reason, records it for `report()` and runs
-the captured graph uncached (`strict=True` raises instead).
+the captured graph uncached (`strict=True` raises TokenCacheError instead). Reasons include a
+timestep passed as a Python number (one graph per value: no graph sees two steps) and gradients
+enabled (tokencache is for inference: such a graph runs as captured, with autograd).
 """
 from __future__ import annotations
 
+import threading
 import warnings
+import weakref
 
+import torch
 import torch.fx as fx
 
 from ..config import CacheConfig
+from ..errors import TokenCacheError
 from ..passes.dead_chunks import drop_dead_chunks
 from ..policies import get_policy
 from ..policies.none import NonePolicy
-from ..runtime.runtime import CacheRuntime
-from .graph_inputs import classify_inputs, find_timestep, symbolic_inputs
+from ..runtime.runtime import CacheRuntime, runtime_calls
+from .graph_inputs import classify_inputs, symbolic_inputs
 from .regions import Analysis, analyse
+from .timestep import describe_missing, find_timestep, frame_arguments, scalar_timestep
 
-
-class TokenCacheError(RuntimeError):
-    """strict=True and the cache rewrite could not apply."""
+__all__ = ["CompileHandle", "TokenCacheError", "build_runtime", "tokencache_backend"]
 
 
 class CompileHandle:
-    """Links one `tokencache.compile()` result to the runtimes its backend built, so a module
-    compiled twice with different options reports each compilation separately."""
+    """What one `tokencache.compile()` result knows besides Dynamo's module: its configuration
+    (report() shows the runtimes of that configuration; several compilations with the same options
+    share one backend) and the calls Dynamo ran without reaching tokencache."""
 
-    def __init__(self):
-        self.runtimes: list[CacheRuntime] = []
+    def __init__(self, config: CacheConfig, model):
+        self.config = config
+        self._module = weakref.ref(getattr(model, "_orig_mod", model))
+        self.eager_calls = 0
+        self.eager_reason: str | None = None
+        self._lock = threading.Lock()
+
+    def wrap(self, forward):
+        """Dynamo's forward, plus: errors of tokencache's own come out unwrapped; a call that never
+        reached a tokencache runtime is counted and explained once."""
+        def tokencache_forward(*args, **kwargs):
+            before = runtime_calls()
+            try:
+                out = forward(*args, **kwargs)
+            except torch._dynamo.exc.BackendCompilerFailed as e:
+                if isinstance(e.inner_exception, (TokenCacheError, ValueError)):
+                    raise e.inner_exception from None
+                raise
+            if runtime_calls() == before:
+                self._ran_eagerly()
+            return out
+        return tokencache_forward
+
+    def _ran_eagerly(self) -> None:
+        with self._lock:
+            self.eager_calls += 1
+            if self.eager_reason is not None:
+                return
+            self.eager_reason = eager_reason(self._module())
+        warnings.warn(f"tokencache: this call ran uncached, without tokencache: {self.eager_reason}", stacklevel=3)
 
 
-def tokencache_backend(gm: fx.GraphModule, example_inputs, options=None, handle: CompileHandle | None = None):
+def eager_reason(module) -> str:
+    """Why Dynamo ran a call of `module` eagerly, as far as can be told from outside."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    limit = torch._dynamo.config.recompile_limit
+    try:
+        entries = len(torch._C._dynamo.eval_frame._debug_get_cache_entry_list(type(module).forward.__code__))
+    except (AttributeError, TypeError):
+        entries = 0
+    name = f"{type(module).__name__}.forward"
+    if entries >= limit:
+        return (f"Dynamo reached its recompile limit ({limit} graphs) for {name} and runs it eagerly from now on "
+                "(compilations with other options, input shapes or dtypes each take one; "
+                "raise torch._dynamo.config.recompile_limit, or call torch._dynamo.reset())")
+    if _get_current_dispatch_mode() is not None:
+        return f"a TorchDispatchMode ({type(_get_current_dispatch_mode()).__name__}) was active; Dynamo runs such calls eagerly"
+    return (f"Dynamo ran {name} without compiling it (torch._dynamo.disable, a skipped frame, "
+            "or an error suppressed by torch._dynamo.config.suppress_errors)")
+
+
+def tokencache_backend(gm: fx.GraphModule, example_inputs, options=None):
     config = CacheConfig.from_options(options)
     inputs = classify_inputs(gm)
-    runtime = build_runtime(gm, list(example_inputs), config, inputs)
-    if handle is not None:
-        handle.runtimes.append(runtime)
-    return runtime
+    return build_runtime(gm, list(example_inputs), config, inputs)
 
 
 def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRuntime:
@@ -56,12 +107,26 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRunti
                 reason = f"graph analysis failed ({type(e).__name__}: {e})"
         if config.policy != "none" and reason is None:
             reason = _unsupported(analysis) or policy.check(analysis, config)
+    timestep = find_timestep(inputs, example_inputs, config.timestep_input)
+    autograd = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
+    if autograd and config.policy != "none" and reason is None:
+        reason = ("called with gradients enabled (tokencache is for inference): this graph runs as captured, "
+                  "uncached, with autograd; sample under torch.no_grad() or torch.inference_mode() to cache")
+    elif config.policy != "none" and timestep is None and (scalar := scalar_timestep(config.timestep_input)):
+        reason = (f"the timestep argument {scalar!r} is a Python number: Dynamo compiles one graph per value "
+                  "(and runs the model eagerly after torch._dynamo.config.recompile_limit of them), so no graph "
+                  f"sees two steps; pass it as a tensor, e.g. {scalar}=torch.tensor([t])")
+    elif timestep is None and config.timestep_input != "auto" and (args := frame_arguments()) is not None \
+            and config.timestep_input.split(".")[0] not in args:
+        raise ValueError(f"tokencache option 'timestep_input' names {config.timestep_input!r}, which is not an "
+                         f"argument of the compiled function (arguments: {', '.join(args)})")
     if reason is not None:
-        message = f"tokencache: caching disabled for this graph: {reason}. Running it uncached."
         if config.strict:
-            raise TokenCacheError(message)
-        warnings.warn(message, stacklevel=2)
+            raise TokenCacheError(f"tokencache: cannot cache this graph (strict=True): {reason}")
+        warnings.warn(f"tokencache: caching disabled for this graph: {reason}. Running it uncached.", stacklevel=2)
         policy = NonePolicy()
+    elif timestep is None and config.policy != "none":
+        warnings.warn(describe_missing(inputs, example_inputs, config.timestep_input), stacklevel=2)
     if policy.name in ("toca", "duca") and (partly := [r for r in analysis.regions if not r.token_wise]):
         warnings.warn(f"tokencache: {len(partly)} region(s) are not token-local and are reused whole in token-wise "
                       "steps: " + "; ".join(f"{r.name}: {r.reason}" for r in partly[:3])
@@ -70,7 +135,6 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRunti
     # the same clean-up for every policy.
     variants = {name: drop_dead_chunks(v) for name, v in policy.variants(gm, analysis, config).items()}
     schedule = policy.schedule(config)
-    timestep = find_timestep(inputs, example_inputs, config.timestep_input)
     computed = policy.computed_tokens(analysis, config)
     base = {
         "policy": policy.name,
@@ -81,7 +145,8 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRunti
                     for r in (analysis.regions if analysis else [])],
         "rejected_modules": [{"module": m, "reason": why} for m, why in (analysis.rejected if analysis else [])],
     }
-    return CacheRuntime(config, policy, variants, schedule, inputs, example_inputs, timestep, base)
+    return CacheRuntime(config, policy, variants, schedule, inputs, example_inputs, timestep, base,
+                        autograd_graph=gm if autograd else None)
 
 
 def _unsupported(analysis) -> str | None:

@@ -49,11 +49,14 @@ def run_export(args) -> int:
     except TargetError as e:
         print(f"tokencache export: {e}", file=sys.stderr)
         return 2
+    import torch
+
     from .. import compile as tc_compile
 
     compiled = tc_compile(target.model, policy=args.policy, interval=args.interval, ratio=args.ratio,
                           num_steps=args.steps, inner="eager")
-    target.step(compiled, target.init(), 0, args.steps)          # one call captures the graphs
+    with torch.no_grad():
+        target.step(compiled, target.init(), 0, args.steps)      # one call captures the graphs
     out = export(compiled, args.out, exporter=args.exporter, opset=args.opset)
     print(f"wrote bundle {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     if args.check:

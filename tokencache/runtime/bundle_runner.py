@@ -1,9 +1,14 @@
 """Replay whole generations from a bundle: the manifest alone says which variant runs at each step
 and how state flows. `BundleReplay` holds what every backend shares (input checks, schedule, state
 wiring); `OnnxBundleRunner` runs the variants with onnxruntime through I/O binding, so state stays
-in OrtValues on the provider's device between steps (on the GPU with the CUDA provider)."""
+in OrtValues on the provider's device between steps (on the GPU with the CUDA provider).
+
+Steps, call positions and generations follow the same rules as the PyTorch runtime (a Session:
+runtime/clock.py, runtime/session.py), with the same per-thread state and explicit generations
+(`with tokencache.generation(runner, steps=N):`)."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +17,8 @@ import torch
 from ..config import CacheConfig
 from ..exporters.manifest import BundleError, check_state, load_manifest
 from ..policies import get_policy
-from .session import Session
+from .generation import active_generation
+from .session import Schedules, Session
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
               "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
@@ -31,6 +37,14 @@ def ort_session(path: Path, providers: list[str], in_turns: bool):
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
+def latent_input(signature: dict, timestep: str | None) -> str | None:
+    """The input holding the latent (the warm-up rule compares it): as runtime.find_latent does."""
+    from .runtime import LATENT_NAMES
+
+    names = [n for n, s in signature.items() if n != timestep and s["dtype"].startswith(("float", "bfloat"))]
+    return next((n for n in names if n in LATENT_NAMES), next((n for n in names if len(signature[n]["shape"]) >= 3), None))
+
+
 class BundleInputError(ValueError):
     """An input does not match the bundle's signature; the message names it."""
 
@@ -46,10 +60,16 @@ class BundleReplay:
     def __init__(self, bundle: str | Path, verify: bool = True):
         self.dir = Path(bundle)
         self.manifest = load_manifest(self.dir, verify=verify)
-        self.config = CacheConfig(**self.manifest["config"])
+        try:
+            self.config = CacheConfig(**self.manifest["config"])
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{self.dir / 'manifest.json'}: field 'config' is not a tokencache configuration: {e}") from e
         self.policy = get_policy(self.manifest["policy"])
-        self.session = Session(self.config.num_steps)
+        self.schedules = Schedules(self.policy, self.config, self.manifest["variants"])
         self.signature = {s["name"]: s for s in self.manifest["signature"]["inputs"]}
+        self.latent = latent_input(self.signature, self.manifest["timestep_input"])
+        self._threads: dict[int, Session] = {}
+        self._lock = threading.Lock()
 
     def check_inputs(self, inputs: dict) -> dict:
         """The inputs, unchanged, once their names, shapes and dtypes match the manifest's signature."""
@@ -66,18 +86,39 @@ class BundleReplay:
                                        f"was exported for {spec['shape']} {spec['dtype']}")
         return inputs
 
+    @property
+    def session(self) -> Session:
+        """This thread's implicit session (its state, calls and clock)."""
+        ident = threading.get_ident()
+        with self._lock:
+            session = self._threads.get(ident)
+            if session is None:
+                alive = {t.ident for t in threading.enumerate()}
+                for gone in [i for i in self._threads if i not in alive]:
+                    del self._threads[gone]
+                session = self._threads[ident] = Session(self.schedules, self.config.num_steps)
+        return session
+
+    def _session(self) -> Session:
+        handle = active_generation(self)
+        if handle is None:
+            return self.session
+        session = handle.sessions.get(id(self))
+        if session is None:
+            session = handle.sessions[id(self)] = Session(self.schedules, handle.steps(self.config.num_steps),
+                                                          explicit=True)
+        return session
+
     def new_generation(self) -> None:
         self.session.reset()
-
-    def _variant_for(self, step: int) -> str:
-        schedule = self.manifest["schedule"]
-        return schedule[step] if step < len(schedule) else schedule[0]   # past the schedule: compute fully
 
     def __call__(self, **inputs) -> list:
         self.check_inputs(inputs)
         key = self.manifest["timestep_input"]
-        t = float(inputs[key].reshape(-1)[0]) if key else None
-        variant, step, state = self.session.begin(t, self._variant_for)
+        t = float(np.asarray(inputs[key]).reshape(-1)[0]) if key else None
+        session = self._session()
+        call = session.begin(t, inputs.get(self.latent))
+        variant, step, state = call.variant, call.step, call.state
         spec = self.manifest["variants"][variant]
         feeds = {f"input.{name}": self._to_device(value) for name, value in inputs.items()}
         for k in spec["state_in"]:
@@ -87,14 +128,13 @@ class BundleReplay:
                 state[k] = self._zeros(spec["state_init"][k]["shape"], spec["state_init"][k]["dtype"])
             feeds[f"state.{k}"] = state[k]
         if spec["host_in"]:
-            host = self.policy.host_inputs(variant, step, self.session.fresh_steps, self.config)
+            host = self.policy.host_inputs(variant, step, call.fresh_steps, self.config)
             feeds.update({f"host.{name}": self._to_device(host[name]) for name in spec["host_in"]})
         outs = self._run(variant, feeds)
         for k in spec["state_out"]:
             value = outs[f"new_state.{k}"]
             check_state(self.manifest, k, *self._shape_dtype(value))
             state[k] = value
-        self.session.calls[variant] += 1
         return [self._to_output(outs[name]) for name in spec["outputs"] if name.startswith("output.")]
 
 
@@ -117,11 +157,16 @@ class OnnxBundleRunner(BundleReplay):
 
     def _ort_session(self, variant: str):
         if variant not in self._sessions:
-            path = self.dir / self.manifest["variants"][variant]["file"]
-            session = ort_session(path, self.providers, in_turns=len(self.manifest["variants"]) > 1)
-            self._check_state_inputs(path, session)
-            self._sessions[variant] = session
+            with self._lock:                        # threads share the runner: create each session once
+                if variant not in self._sessions:
+                    self._sessions[variant] = self._new_ort_session(variant)
         return self._sessions[variant]
+
+    def _new_ort_session(self, variant: str):
+        path = self.dir / self.manifest["variants"][variant]["file"]
+        session = ort_session(path, self.providers, in_turns=len(self.manifest["variants"]) > 1)
+        self._check_state_inputs(path, session)
+        return session
 
     def _check_state_inputs(self, path: Path, session) -> None:
         """The ONNX file's state inputs must have the shapes the manifest declares for that state."""

@@ -1,19 +1,29 @@
 """CacheRuntime: the callable Dynamo gets back. All mutable state of tokencache lives here.
 
-Per call: tell the step (StepClock), pick the variant the precomputed schedule names, feed it the
-user's inputs, the parameters and the cache state of this call position (a separate state per
-call within a step, so CFG as two calls works), keep the state it returns, return the outputs.
+Per call: tell the step (Session: clock.py's step rules, session.py's variant rules), pick the
+variant, feed it the user's inputs, the parameters and the cache state of this call position (a
+separate state per call within a step, so CFG as two calls works), keep the state it returns,
+return the outputs.
 
 Dynamo passes parameters as graph inputs, so one captured graph (and its compiled variants) also
-serves every other instance of the same architecture. Step counter and caches therefore live in a
-Session per model instance, told apart by the identity of the parameter tensors in the call.
+serves every other instance of the same architecture. Step counters and caches therefore live per
+model instance (a ModelEntry, told apart by the identity of the parameter tensors in the call),
+and within it per thread, or per explicit generation (`tokencache.generation`, generation.py):
+concurrent generations in different threads or generation blocks never share caches. The runtime
+holds the model's tensors only weakly (ModelEntry) and of the example inputs only their shapes,
+dtypes and small values, so deleting a model frees its weights and caches.
+
+Inference only: a graph Dynamo captured with gradients enabled (and inputs that require them)
+runs as captured, uncached, with autograd (the backend warns once).
 """
 from __future__ import annotations
 
-import warnings
-import weakref
+import contextlib
 import itertools
+import threading
+import weakref
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -21,65 +31,149 @@ import torch.fx as fx
 from ..compiler.graph_inputs import GraphInput
 from ..compiler.inner import compile_variant, cpu_matmul_for
 from ..config import CacheConfig
-from ..policies import FRESH
 from . import registry
+from .generation import active_generation
 from .packed_weights import PACKED
-from .session import Session
+from .session import ModelEntry, Schedules, Session
 
 
 _CALLS = itertools.count()   # global call sequence: which session of a model ran last
+_THREAD = threading.local()  # per thread: runtime calls made (eager-run detection), input signatures
+SMALL_EXAMPLE = 4096         # user inputs up to this many elements (and every non-float one) are kept as copies
+
+
+def runtime_calls() -> int:
+    """How many tokencache runtime calls this thread has made (tokencache.compile notices a call
+    that Dynamo ran without reaching the backend)."""
+    return getattr(_THREAD, "calls", 0)
+
+
+@dataclass(frozen=True)
+class ExampleSpec:
+    """What the runtime keeps of one example input: shape and dtype; the value only for small or
+    non-float user inputs (timesteps, labels, ids, masks). Parameters come from the live model."""
+    shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+    value: torch.Tensor | None
+
+    @staticmethod
+    def of(x, keep: bool):
+        if not isinstance(x, torch.Tensor):
+            return x
+        small = x.numel() <= SMALL_EXAMPLE or not (x.is_floating_point() or x.is_complex())
+        value = x.detach().clone() if keep and small else None
+        return ExampleSpec(tuple(x.shape), x.dtype, x.device, value)
+
+    def make(self, seed: int) -> torch.Tensor:
+        if self.value is not None:
+            return self.value
+        noise = torch.randn(self.shape, generator=torch.Generator().manual_seed(seed))
+        return noise.to(device=self.device, dtype=self.dtype)
+
+    def empty(self) -> torch.Tensor:
+        return torch.empty(self.shape, dtype=self.dtype, device=self.device)
+
+
+LATENT_NAMES = ("hidden_states", "sample", "x", "latents", "latent", "img", "z", "noisy_latents")
+
+
+def find_latent(inputs: list[GraphInput], example_inputs, timestep: GraphInput | None) -> int | None:
+    """The user input holding the latent (compared at a generation's first step: clock.py rule 1):
+    a usual name, else the first floating-point user input with at least 3 dimensions."""
+    users = [gi for gi in inputs if gi.kind == "user" and gi is not timestep
+             and isinstance(example_inputs[gi.index], torch.Tensor) and example_inputs[gi.index].is_floating_point()]
+    for gi in users:
+        if gi.name in LATENT_NAMES:
+            return gi.index
+    return next((gi.index for gi in users if example_inputs[gi.index].dim() >= 3), None)
 
 
 class CacheRuntime:
     def __init__(self, config: CacheConfig, policy, variants: dict[str, fx.GraphModule], schedule: list[str],
                  inputs: list[GraphInput], example_inputs: list, timestep: GraphInput | None,
-                 report_base: dict):
+                 report_base: dict, autograd_graph: fx.GraphModule | None = None):
         self.config = config
         self.policy = policy
         self.variants = variants
         self.schedule = schedule
+        self.schedules = Schedules(policy, config, variants)
         self.inputs = inputs
-        self.example_inputs = list(example_inputs)
         self.timestep = timestep
         self.report_base = report_base
         self.compiled: dict[str, object] = {}
         self.compiles: Counter = Counter()
         self.matmul: dict[str, str | None] = {}     # variant -> CPU linear kernels it was compiled with
-        self.sessions: dict[int, tuple[weakref.ref, Session]] = {}
+        self.models: dict[int, ModelEntry] = {}     # id of the model's first parameter -> its entry
         self.user_positions = [gi.index for gi in inputs if gi.kind == "user"]
         self.param_positions = [gi.index for gi in inputs if gi.kind == "param"
                                 and isinstance(example_inputs[gi.index], torch.Tensor)]
-        self._warned_long = False
+        params = set(self.param_positions)
+        # shapes, dtypes and small values only: never the parameters or the caller's big tensors
+        self.examples = [ExampleSpec.of(x, keep=i not in params) for i, x in enumerate(example_inputs)]
+        self.latent_index = find_latent(inputs, example_inputs, timestep)
+        self.autograd_graph = autograd_graph           # captured with grad enabled: run as is
         self.graph_pool = None
+        self._compile_lock = threading.Lock()
+        # a CUDA graph replays fixed buffers: one call at a time; other inner backends are re-entrant
+        self._run_lock = threading.Lock() if config.inner == "cudagraphs" else contextlib.nullcontext()
 
     # -- per call ---------------------------------------------------------------------------
-    def session_for(self, args) -> "Session":
-        anchor = args[self.param_positions[0]] if self.param_positions else self
-        entry = self.sessions.get(id(anchor))
-        if entry is not None and entry[0]() is anchor:
-            return entry[1]
-        # ids are reused after a model is freed: a session is only found through a live weakref.
-        session = Session(self.config.num_steps)
-        self.sessions[id(anchor)] = (weakref.ref(anchor), session)
-        registry.register(self, session, [args[i] for i in self.param_positions])
-        return session
+    def entry_for(self, args) -> ModelEntry:
+        """The ModelEntry of the model instance whose parameters are in `args`."""
+        anchor = args[self.param_positions[0]] if self.param_positions else None
+        key = id(anchor) if anchor is not None else 0
+        entry = self.models.get(key)
+        # ids are reused after a model is freed: an entry counts only while its weakref is live
+        if entry is not None and (anchor is None or entry.params[0]() is anchor):
+            return entry
+        params = [args[i] for i in self.param_positions]
+        entry = self.models[key] = ModelEntry(params)
+        if anchor is not None:
+            models = self.models
+            entry.params[0] = weakref.ref(anchor, lambda ref, key=key: models.get(key) is not None
+                                          and models[key].params[0] is ref and models.pop(key))
+        registry.register(self, entry, params)
+        return entry
+
+    def session_for(self, args) -> tuple[ModelEntry, Session]:
+        """This call's entry and session: the active generation block's, else this thread's."""
+        entry = self.entry_for(args)
+        anchor = args[self.param_positions[0]] if self.param_positions else None
+        handle = active_generation(anchor)
+        if handle is not None:
+            key = (id(self), entry.key)
+            session = handle.sessions.get(key)
+            if session is None:
+                session = handle.sessions[key] = entry.track(
+                    Session(self.schedules, handle.steps(self.config.num_steps), explicit=True))
+            return entry, session
+        session = entry.thread_session(lambda: Session(self.schedules, self.config.num_steps))
+        signatures = _THREAD.__dict__.setdefault("signatures", {})
+        signature = self.user_signature(args)
+        if signatures.get(entry.key, signature) != signature:
+            session.reset()                   # another input signature of this model ran last: a new generation
+        signatures[entry.key] = signature
+        return entry, session
 
     def __call__(self, *args):
-        session = self.session_for(args)
-        if registry.note_call(session, self.user_signature(args)):
-            session.reset()                   # another input signature ran last: a new generation
-        variant, step, state = session.begin(self._timestep_value(args), self._variant_for)
-        if step == 0 and session.clock.position == 0 and "onednn_packed" in self.matmul.values():
+        _THREAD.calls = runtime_calls() + 1
+        if self.autograd_graph is not None:
+            self.entry_for(args).calls[self.schedule[0]] += 1
+            return self.autograd_graph(*args)
+        entry, session = self.session_for(args)
+        call = session.begin(self._timestep_value(args),
+                             args[self.latent_index] if self.latent_index is not None else None)
+        entry.note(session, call, next(_CALLS))
+        if call.tick.new_generation and "onednn_packed" in self.matmul.values():
             # a generation starts: notice weights written through .data since they were packed
             PACKED.verify(args[i] for i in self.param_positions)
-        full_args = self.assemble(variant, args, state, step, session.fresh_steps)
-        with torch.no_grad():
-            outs = self._compiled(variant, full_args)(*full_args)
-        wiring = self.variants[variant].meta["tokencache"]
+        full_args = self.assemble(call.variant, args, call.state, call.step, call.fresh_steps)
+        with torch.no_grad(), self._run_lock:
+            outs = self._compiled(call.variant, full_args)(*full_args)
+        wiring = self.variants[call.variant].meta["tokencache"]
         n = wiring["num_outputs"]
-        state.update(zip(wiring["state_out"], outs[n:]))
-        session.calls[variant] += 1
-        session.last_call = next(_CALLS)
+        call.state.update(zip(wiring["state_out"], outs[n:]))
         return tuple(outs[:n])
 
     def assemble(self, variant: str, args, state: dict, step: int, fresh_steps: list[int]) -> list:
@@ -104,46 +198,58 @@ class CacheRuntime:
         t = args[self.timestep.index]
         return float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
 
-    def _variant_for(self, step: int) -> str:
-        if step < len(self.schedule):
-            return self.schedule[step]
-        if not self._warned_long:
-            warnings.warn(f"tokencache: generation runs past num_steps={self.config.num_steps}; "
-                          "the extra steps run fresh (set num_steps to the sampler's step count)", stacklevel=3)
-            self._warned_long = True
-        return self.schedule[0]
-
     def _compiled(self, variant: str, full_args: list):
         if variant not in self.compiled:
-            if self.graph_pool is None and self.config.inner == "cudagraphs" and torch.cuda.is_available():
-                self.graph_pool = torch.cuda.graph_pool_handle()   # one pool: variants never run concurrently
-            weight_bytes = sum(full_args[i].nbytes for i in self.param_positions)
-            self.matmul[variant] = cpu_matmul_for(full_args, self.config.inner, self.config.cpu_matmul, weight_bytes)
-            self.compiled[variant] = compile_variant(self.variants[variant], full_args, self.config.inner,
-                                                     self.param_positions, self.graph_pool, self.matmul[variant])
-            self.compiles[variant] += 1
+            with self._compile_lock:                # two threads reaching a new variant compile it once
+                if variant not in self.compiled:
+                    self._compile(variant, full_args)
         return self.compiled[variant]
+
+    def _compile(self, variant: str, full_args: list) -> None:
+        if self.graph_pool is None and self.config.inner == "cudagraphs" and torch.cuda.is_available():
+            self.graph_pool = torch.cuda.graph_pool_handle()   # one pool: variants never run concurrently
+        weight_bytes = sum(full_args[i].nbytes for i in self.param_positions)
+        self.matmul[variant] = cpu_matmul_for(full_args, self.config.inner, self.config.cpu_matmul, weight_bytes)
+        self.compiled[variant] = compile_variant(self.variants[variant], full_args, self.config.inner,
+                                                 self.param_positions, self.graph_pool, self.matmul[variant])
+        self.compiles[variant] += 1
 
     # -- control and introspection ----------------------------------------------------------
     def user_signature(self, args) -> tuple:
         return tuple(tuple(args[i].shape) if isinstance(args[i], torch.Tensor) else args[i]
                      for i in self.user_positions)
 
+    @property
+    def example_inputs(self) -> list:
+        """Example graph inputs rebuilt on demand (export, checks): the parameters of the model that
+        ran this graph last (alive), the kept small user inputs, seeded noise of the recorded shape
+        and dtype for the big ones. Nothing of the first call is held for this."""
+        entries = sorted(self.models.values(), key=lambda e: e.last_call, reverse=True)
+        params = next((p for p in (e.live_params() for e in entries) if p is not None), None)
+        if params is None and self.param_positions:
+            raise RuntimeError("tokencache: the model this graph was compiled for has been freed")
+        by_position = dict(zip(self.param_positions, params or []))
+        return [by_position[i] if i in by_position else spec.make(i) if isinstance(spec, ExampleSpec) else spec
+                for i, spec in enumerate(self.examples)]
+
     def variant_flops(self) -> dict[str, int]:
-        """FLOPs of one call of each variant, counted by running its graph eagerly once, in
-        schedule order so that every variant sees state of the right shapes."""
+        """FLOPs of one call of each variant, counted on fake tensors of the captured shapes,
+        dtypes and devices (no memory, no compute, whatever dtype or device the model has moved to
+        since), in schedule order so that every variant sees state of the right shapes."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.utils.flop_counter import FlopCounterMode
 
         state: dict[str, torch.Tensor] = {}
         flops: dict[str, int] = {}
         fresh_steps: list[int] = []
-        with torch.no_grad():
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+            example = [spec.empty() if isinstance(spec, ExampleSpec) else spec for spec in self.examples]
             for step, name in enumerate(self.schedule):
                 if name in flops:
                     continue
-                if name == FRESH:
+                if name == self.schedule[0]:
                     fresh_steps.append(step)
-                args = self.assemble(name, self.example_inputs, state, step, fresh_steps)
+                args = self.assemble(name, example, state, step, fresh_steps)
                 gm = self.variants[name]
                 with FlopCounterMode(display=False) as counter:
                     outs = gm(*args)
@@ -151,12 +257,12 @@ class CacheRuntime:
                 flops[name] = int(counter.get_total_flops())
         return flops
 
-    def report(self, session: "Session") -> dict:
+    def report(self, entry: ModelEntry) -> dict:
         flops = self.variant_flops()
         steps = self.schedule
         return {
             **self.report_base,
-            "variants": {name: {"compiles": self.compiles[name], "calls": session.calls[name],
+            "variants": {name: {"compiles": self.compiles[name], "calls": entry.calls[name],
                                 "flops": flops.get(name), "cpu_matmul": self.matmul.get(name),
                                 "state_in": list(gm.meta["tokencache"]["state_in"]),
                                 "state_out": list(gm.meta["tokencache"]["state_out"])}
@@ -164,7 +270,8 @@ class CacheRuntime:
             "schedule": list(steps),
             "flops_per_generation": sum(flops[v] for v in steps),
             "flops_uncached_generation": flops[steps[0]] * len(steps),
-            "cache_bytes": session.cache_bytes(),
-            "generations": session.clock.generations,
-            "step": session.clock.step,
+            "cache_bytes": entry.cache_bytes(),
+            "generations": entry.generations,
+            "restarts": entry.restarts,
+            "step": entry.step,
         }

@@ -5,6 +5,7 @@ state is then copied device-to-device into those buffers, since a graph replays 
 Needs TensorRT and a GPU (`tokencache.exporters.tensorrt.tensorrt_missing()` says why not)."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -101,6 +102,7 @@ class TensorRTBundleRunner(BundleReplay):
             raise BundleError(f"variant {missing[0]!r} has no engine; run `tokencache export --tensorrt` first")
         self.cuda_graphs = cuda_graphs
         self._engines: dict[str, EngineExecutor] = {}
+        self._run_lock = threading.Lock()
 
     def _engine(self, variant: str) -> EngineExecutor:
         if variant not in self._engines:
@@ -121,4 +123,5 @@ class TensorRTBundleRunner(BundleReplay):
         return value
 
     def _run(self, variant: str, feeds: dict) -> dict:
-        return self._engine(variant).run(feeds)
+        with self._run_lock:            # an execution context (and its CUDA graph) runs one call at a time
+            return self._engine(variant).run(feeds)
