@@ -260,6 +260,21 @@ def test_deleting_the_model_frees_weights_and_caches(how):
     assert caches and all(c() is None for c in caches)
 
 
+def test_dynamo_reset_frees_the_caches():
+    """Observed 9: the registry kept cache state alive after torch._dynamo.reset()."""
+    case = ALL_CASES["reference"]()
+    model = case.build()
+    compiled = tokencache.compile(model, **OPTIONS)
+    generate(case, compiled, noise(case), steps=2)
+    (runtime, entry), = tokencache._sessions(compiled)
+    caches = [weakref.ref(t) for t in entry.states[0].values()]
+    del runtime, entry
+    torch._dynamo.reset()
+    gc.collect()
+    assert caches and all(c() is None for c in caches)
+    assert tokencache._sessions(compiled) == []
+
+
 def test_many_compilations_of_one_class_stay_cached():
     """Observed 10: the 9th tokencache.compile of one model class ran uncached, with no warning."""
     case = ALL_CASES["reference"]()

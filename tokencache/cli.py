@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -56,23 +57,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(ValueError):
+    """A user error the CLI reports in one line, with exit code 2."""
+
+
+def check_output_file(path, flag: str) -> None:
+    """`path` can be written as a file: its directory exists and is writable, and it is not a
+    directory. Checked before any work, so a bad path costs nothing."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory, expected a file name")
+    parent = p.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is not an existing directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable")
+
+
+def check_output_dir(path, flag: str) -> None:
+    """`path` can hold output files: an existing writable directory, or creatable in one."""
+    p = Path(path).absolute()
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a directory")
+    existing = next((q for q in (p, *p.parents) if q.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {existing or p} is not a writable directory")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def main(argv=None) -> int:
+    """Exit codes: 0 done, 2 a user error (one line on stderr: bad option, path, model, bundle;
+    tokencache or TensorRT unavailable for what was asked), 3 `profile`: the model cannot be cached."""
     args = build_parser().parse_args(argv)
+    from .errors import TokenCacheError
+    from .exporters.tensorrt import TensorRTUnavailable
+    from .models.data import DataMissing
+    from .models.fashion_dit import WeightsError
+
+    try:
+        return _run(args)
+    except (ValueError, OSError, TokenCacheError, TensorRTUnavailable, DataMissing, WeightsError) as e:
+        print(f"tokencache {args.command}: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     if args.command == "demo":
         from .demo import format_table, run_demo
-        from .exporters.tensorrt import TensorRTUnavailable
-        from .models.data import DataMissing
-        from .models.fashion_dit import WeightsError
 
         quick = args.quick
-        try:
-            result = run_demo(policy=args.policy, interval=args.interval, ratio=args.ratio,
-                              steps=args.steps or (20 if quick else 50), samples=args.samples or (10 if quick else 20),
-                              rounds=args.rounds or (1 if quick else 3), inner=args.inner or ("eager" if quick else "inductor"),
-                              out=args.out)
-        except (WeightsError, DataMissing, TensorRTUnavailable) as e:
-            print(f"tokencache demo: {e}", file=sys.stderr)
-            return 2
+        check_output_dir(args.out, "--out")
+        result = run_demo(policy=args.policy, interval=args.interval, ratio=args.ratio,
+                          steps=args.steps or (20 if quick else 50), samples=args.samples or (10 if quick else 20),
+                          rounds=args.rounds or (1 if quick else 3), inner=args.inner or ("eager" if quick else "inductor"),
+                          out=args.out)
         print(format_table(result))
         print("wrote " + ", ".join(result["files"]))
     elif args.command == "profile":
@@ -92,6 +133,9 @@ def _profile(args) -> int:
     from .profiling.profile import CannotCache, format_table, run_profile
     from .profiling.targets import TargetError, load_target
 
+    for flag, path in (("--json", args.json_path), ("--plot", args.plot), ("--trace", args.trace)):
+        if path:
+            check_output_file(path, flag)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     bad = [p for p in policies if p not in POLICIES or p == "none"]
     if bad or not policies:

@@ -1,13 +1,17 @@
 """Export the variants a compiled model runs as a bundle: ONNX files + manifest.json."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from ..policies import FRESH
-from .manifest import FORMAT_VERSION, sha256, write_manifest
+from .manifest import FORMAT_VERSION, MANIFEST, sha256, write_manifest
 from .onnx import check_exporter, export_variant, io_names
 
 
@@ -57,14 +61,64 @@ def example_values(runtime) -> dict[str, list]:
     return examples, state
 
 
-def export(compiled, out_dir, exporter: str = "dynamo", opset: int = 18, progress: bool = True) -> Path:
-    """Write one ONNX file per variant of `compiled` (after one call) and manifest.json to `out_dir`."""
-    from .. import __version__
+def check_bundle_target(out_dir) -> Path:
+    """`out_dir` may receive a bundle: it does not exist, or is an empty directory or a bundle (then
+    replaced whole), and its parent can be written; otherwise a ValueError saying why, before any work."""
+    out = Path(os.path.abspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"bundle directory {out_dir}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ValueError(f"bundle directory {out_dir}: a non-empty directory that is not a tokencache bundle (no "
+                         f"{MANIFEST}); refusing to replace it")
+    parent = out.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"bundle directory {out_dir}: {existing or parent} is not a writable directory")
+    return out
 
+
+def _replace(staging: Path, out: Path) -> None:
+    """Move the finished bundle into place; an older bundle at `out` is removed only afterwards."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(out, old)
+    try:
+        os.rename(staging, out)
+    except OSError:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export(compiled, out_dir, exporter: str = "dynamo", opset: int = 18, progress: bool = True) -> Path:
+    """Write one ONNX file per variant of `compiled` (after one call) and manifest.json to `out_dir`.
+
+    The bundle is written into a temporary directory beside `out_dir` and renamed into place when
+    complete: an interrupted export leaves no half bundle, and an existing bundle at `out_dir` is
+    replaced whole (no stale files of an earlier export remain)."""
     check_exporter(exporter, opset)
     runtime = _main_runtime(compiled)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_bundle_target(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(staging, 0o777 & ~mask)       # mkdtemp makes it private; a bundle gets the usual mode
+        _write_bundle(runtime, staging, exporter, opset, progress)
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_bundle(runtime, out: Path, exporter: str, opset: int, progress: bool) -> None:
+    from .. import __version__
+
     examples, state = example_values(runtime)
     variants = {}
     for name in tqdm(list(examples), desc="exporting variants", disable=not progress):
@@ -96,4 +150,3 @@ def export(compiled, out_dir, exporter: str = "dynamo", opset: int = 18, progres
         "variants": variants,
     }
     write_manifest(out, manifest)
-    return out

@@ -40,6 +40,16 @@ def run_export(args) -> int:
     from .tensorrt import TensorRTUnavailable, build_engines, tensorrt_missing
     from ..profiling.targets import TargetError, load_target
 
+    from ..cli import _one_line, check_output_file
+    from .bundle import check_bundle_target
+
+    try:                                        # output paths first: a bad one costs no work
+        check_bundle_target(args.out)
+        if args.timing_cache:
+            check_output_file(args.timing_cache, "--timing-cache")
+    except ValueError as e:
+        print(f"tokencache export: {_one_line(e)}", file=sys.stderr)
+        return 2
     reason = tensorrt_missing() if args.tensorrt else None
     if reason:                                  # fail before spending minutes on the export
         print(f"tokencache export --tensorrt: {reason}", file=sys.stderr)
