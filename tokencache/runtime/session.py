@@ -145,6 +145,7 @@ class ModelEntry:
         self.threads: dict[int, Session] = {}           # thread ident -> implicit session
         self.sessions: "weakref.WeakSet[Session]" = weakref.WeakSet()
         self._latest: weakref.ref | None = None
+        self._lock = threading.RLock()
 
     def live_params(self) -> list | None:
         params = [r() for r in self.params]
@@ -154,14 +155,16 @@ class ModelEntry:
         ident = threading.get_ident()
         session = self.threads.get(ident)
         if session is None:
-            alive = {t.ident for t in threading.enumerate()}
-            for gone in [i for i in self.threads if i not in alive]:   # caches of finished threads
-                del self.threads[gone]
-            session = self.threads[ident] = self.track(make())
+            with self._lock:
+                alive = {t.ident for t in threading.enumerate()}
+                for gone in [i for i in list(self.threads) if i not in alive]:   # caches of finished threads
+                    self.threads.pop(gone, None)
+                session = self.threads[ident] = self.track(make())
         return session
 
     def track(self, session: Session) -> Session:
-        self.sessions.add(session)
+        with self._lock:
+            self.sessions.add(session)
         return session
 
     def note(self, session: Session, call: Call, sequence: int) -> None:
@@ -196,4 +199,6 @@ class ModelEntry:
             session.reset()
 
     def cache_bytes(self) -> int:
-        return sum(s.cache_bytes() for s in list(self.sessions))
+        with self._lock:
+            sessions = list(self.sessions)
+        return sum(s.cache_bytes() for s in sessions)
