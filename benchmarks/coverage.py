@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import platform
 import signal
 import time
@@ -129,6 +130,16 @@ def run_one(model, entry, ref, options: dict, dynamic, timeout: int) -> dict:
         except Exception as e:
             record["report_error"] = short(e)
     record["status"] = status(record, options)
+    return slim(record)
+
+
+def slim(record: dict) -> dict:
+    """Keep the JSON readable: warnings that repeat the fallback reason go, and the rejected-module
+    list (the same for every policy) is kept for toca runs only."""
+    reason = record.get("fallback_reason") or "\0"
+    record["warnings"] = [w for w in record.get("warnings", []) if reason not in w]
+    if record["options"]["policy"] != "toca":
+        record.pop("rejected_modules", None)
     return record
 
 
@@ -212,6 +223,30 @@ def exact_cell(run, toca_status: str) -> str:
     return f"{ok} ({err:.0e})" if cached else f"{ok} ({err:.0e}, uncached)"
 
 
+def cause(status: str) -> str:
+    """A status with module paths and node names taken out, so that classes failing for the same
+    reason group together."""
+    s = re.sub(r"\[[\w/]+\.py:\d+\]", "", status)                       # [runtime/runtime.py:77]
+    s = re.sub(r"\b[A-Za-z_]\w*(?:\.\w+)+", "<module>", s)                # transformer_blocks.0.attn
+    s = re.sub(r" at \w+:", " at <node>:", s)                              # unflatten at query_6:
+    s = re.sub(r"'\w+_\d+'", "'<node>'", s)                                # node 'to_18' not in graph
+    s = re.sub(r"\b\d+\b", "N", s)
+    return s.split(" Set TORCHDYNAMO")[0][:200].strip()
+
+
+def rejected_ops(results: list[dict]) -> list[tuple[tuple[str, str], set]]:
+    """(op, why) -> entries, from the per-region reasons of both toca runs: which ops stop regions
+    from being token-wise, whether or not the run fell back because of them."""
+    found: dict[tuple[str, str], set] = {}
+    for r in results:
+        for key in ("toca|static", "toca K=N|static"):
+            run = r.get("runs", {}).get(key) or {}
+            for text in list(run.get("non_token_wise", [])) + [run.get("fallback_reason") or ""]:
+                for m in re.finditer(r"not token-local: (\w+) at \w+: ([^;]*?)(?:\.\.\.)?\s*(?:;|$)", text):
+                    found.setdefault((m.group(1), m.group(2).strip()), set()).add(r["entry"])
+    return sorted(found.items(), key=lambda kv: -len(kv[1]))
+
+
 def cell(s: str, width: int = 110) -> str:
     s = s.replace("|", "\\|")
     return s if len(s) <= width else s[:width - 1] + "…"
@@ -232,6 +267,9 @@ def notes_for(result: dict, modes) -> str:
         notes.append(f"{toca['recompiles']} recompiles")
     if toca.get("graphs", 1) > 1:
         notes.append(f"{toca['graphs']} graphs")
+    exact = runs.get("toca K=N|static")
+    if exact and exact["status"] != toca.get("status") and not exact["status"].startswith("token-wise"):
+        notes.append(f"K=N run (attention=\"tokens\"): {exact['status']}"[:200])
     if "default" in modes:
         for policy in ("none", "toca", "fora"):
             a, b = runs.get(f"{policy}|static"), runs.get(f"{policy}|default")
@@ -275,6 +313,29 @@ def write_markdown(results: list[dict], modes, path: str, meta: dict) -> None:
         key = classify(r).split(":")[0]
         counts[key] = counts.get(key, 0) + 1
     lines += ["", "Overall (dynamic=False): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "."]
+    for mode in modes:
+        # cause -> {entry: [policies]}; for Dynamo's default only what differs from dynamic=False
+        groups: dict[str, dict[str, list[str]]] = {}
+        for r in results:
+            for policy in ("toca", "fora", "none"):
+                run = r.get("runs", {}).get(f"{policy}|{mode}")
+                static = r.get("runs", {}).get(f"{policy}|static")
+                if not run or not run["status"].startswith(("fallback", "crash", "no-op")):
+                    continue
+                if mode != "static" and static and static["status"] == run["status"]:
+                    continue
+                groups.setdefault(cause(run["status"]), {}).setdefault(r["entry"], []).append(policy)
+        if groups:
+            title = ("dynamic=False" if mode == "static"
+                     else "Dynamo's default dynamic shapes, where it differs from dynamic=False")
+            lines += ["", f"## Why runs did not cache ({title})", ""]
+            for why, entries in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+                names = ", ".join(f"{e} ({'/'.join(p)})" for e, p in entries.items())
+                lines.append(f"- {cell(why, 220)} — {len(entries)}: {names}")
+    rejected = rejected_ops(results)
+    if rejected:
+        lines += ["", "## What the token-axis proof rejects (toca runs, any region)", ""]
+        lines += [f"- `{op}` ({why}) — {len(e)}: {', '.join(sorted(e))}" for (op, why), e in rejected]
     if meta.get("unbuildable"):
         lines += ["", "## Not built", ""] + [f"- `{k}`: {v}" for k, v in meta["unbuildable"].items()]
     with open(path, "w") as f:
@@ -302,7 +363,13 @@ def main(argv=None):
     p.add_argument("--timeout", type=int, default=600, help="seconds per run before it counts as a crash")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--label", default=None, help="what tokencache version this is (default: its git commit)")
+    p.add_argument("--render", metavar="JSON", help="only rewrite the markdown from a saved JSON")
     args = p.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        write_markdown(saved["results"], saved["meta"]["modes"], args.out, saved["meta"])
+        return
 
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(zoo.ENTRIES)
@@ -325,7 +392,7 @@ def main(argv=None):
                 r["status"] = classify(r)
             # Rewritten after every class: a survey interrupted by a hard crash keeps what it found.
             with open(json_path, "w") as f:
-                json.dump({"meta": meta, "results": results}, f, indent=1, default=str)
+                json.dump({"meta": meta, "results": results}, f, default=str)
             write_markdown(results, modes, args.out, meta)
     for r in results:
         print(f"{r['entry']:24s} {r['status']}")
