@@ -89,6 +89,19 @@ def find_latent(inputs: list[GraphInput], example_inputs, timestep: GraphInput |
     return next((gi.index for gi in users if example_inputs[gi.index].dim() >= 3), None)
 
 
+class _TotalOnly:
+    """Stands in for FlopCounterMode's module tracker: that one installs global module hooks, and
+    while they exist every compiled call in other threads fails Dynamo's guards and recompiles
+    (concurrently: Dynamo errors). report() only needs the total."""
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
 class CacheRuntime:
     def __init__(self, config: CacheConfig, policy, variants: dict[str, fx.GraphModule], schedule: list[str],
                  inputs: list[GraphInput], example_inputs: list, timestep: GraphInput | None,
@@ -251,7 +264,9 @@ class CacheRuntime:
                     fresh_steps.append(step)
                 args = self.assemble(name, example, state, step, fresh_steps)
                 gm = self.variants[name]
-                with FlopCounterMode(display=False) as counter:
+                counter = FlopCounterMode(display=False)
+                counter.mod_tracker = _TotalOnly()
+                with counter:
                     outs = gm(*args)
                 state.update(zip(gm.meta["tokencache"]["state_out"], outs[gm.meta["tokencache"]["num_outputs"]:]))
                 flops[name] = int(counter.get_total_flops())
