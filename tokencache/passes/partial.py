@@ -36,6 +36,10 @@ def partial(gm: fx.GraphModule, regions: list[Region], config: CacheConfig, sele
     gm = copy_module(gm)
     before = {n.name: n for n in gm.graph.nodes}
     for region in regions:
+        if region.input not in before or region.output not in before:
+            # dead in `gm`: what it fed is reused whole (NucleusMoE's text projection feeds only
+            # an attention that is not token-local), so dead-code elimination dropped it
+            continue
         ratio = (ratios or {}).get(region.name, config.ratio)
         _rewrite(gm, region, config, selection, tokens_for(region, ratio), before)
     return finish(gm)
