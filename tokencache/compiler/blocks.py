@@ -14,7 +14,8 @@ An attention is a `scaled_dot_product_attention` or a `softmax` (attention writt
 softmax). When Dynamo hands over a graph traced from a block's own `forward` (models that break
 the graph between blocks, or inside one: each block then runs as its own frame, module paths
 relative to the block), there is no numbered module; if an attention sits in a direct child
-(`attn`, `attn1`), the whole graph is one block, named "" (ROOT). A graph with no attention at
+(`attn`, `attn1`) and attends over the tokens of a (batch, tokens, channels) output of the graph,
+the whole graph is one block, named "" (ROOT). A graph with no attention at
 all takes its outermost numbered list entries with compute in a child (`blocks.0` of a
 feed-forward-only model), never a numbered sublayer of a named module.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .token_axis import SDPA, op_name
+from .token_axis import SDPA, op_name, shape_of
 
 ROOT = ""
 _ATTENTION = {SDPA, "softmax", "_softmax"}
@@ -68,7 +69,7 @@ def find_blocks(nodes: list[fx.Node], paths: dict[str, str]) -> list[str]:
         if op_name(n) in _ATTENTION:
             holders.update(p for p in prefixes if p != path)
     blocks = [b for b in holders if not any(o != b and o.startswith(b + ".") for o in holders)]
-    if not blocks and any(op_name(n) in _ATTENTION and paths[n.name] and "." not in paths[n.name] for n in nodes):
+    if not blocks and _is_block_frame(nodes, paths):
         return [ROOT]
     if not blocks:
         # blocks without attention (feed-forward only): numbered list entries, outermost, with compute
@@ -78,6 +79,25 @@ def find_blocks(nodes: list[fx.Node], paths: dict[str, str]) -> list[str]:
         blocks = [b for b in computing if not any(o != b and b.startswith(o + ".") for o in computing)]
     blocks = sorted(blocks, key=order.__getitem__)
     return [_unwrap(b, nodes, paths) for b in blocks]
+
+
+def _is_block_frame(nodes: list[fx.Node], paths: dict[str, str]) -> bool:
+    """A graph traced from a block's own forward: an attention in a direct child (`attn`) whose
+    queries hold the tokens of a (batch, tokens, channels) output of the graph (the residual stream
+    the block hands on; a joint attention's queries hold both streams' tokens). An attention
+    pooling in an embedding module (one query) is no block."""
+    if not nodes:
+        return False
+    output = next(n for n in reversed(nodes[0].graph.nodes) if n.op == "output")
+    streams = [s[:2] for s in map(shape_of, output.all_input_nodes) if s is not None and len(s) == 3 and s[1] > 1]
+    for n in nodes:
+        if op_name(n) == SDPA and paths[n.name] and "." not in paths[n.name]:
+            query = n.args[0] if n.args else n.kwargs.get("query")
+            q = shape_of(query) if isinstance(query, fx.Node) else None
+            # joint attention: the queries are the image and text tokens concatenated
+            if q is not None and len(q) >= 3 and any(b == q[0] and 1 < t <= q[-2] for b, t in streams):
+                return True
+    return False
 
 
 def _unwrap(block: str, nodes: list[fx.Node], paths: dict[str, str]) -> str:
