@@ -3,6 +3,12 @@
 Dynamo lifts parameters and buffers to placeholders; only their Dynamo *source* tells them apart
 from user inputs (`L['self']...` vs `L['hidden_states']`). The source is lost by `deepcopy`, so this
 runs on the captured graph before any pass copies it.
+
+Dynamo also lifts tensors that are neither parameters nor buffers: plain tensor attributes of a
+module (RoPE frequency tables: Z-Image's `rope_embedder.freqs_cis`, NucleusMoE's `pos_embed.pos_freqs`,
+Kandinsky 5's `time_embeddings.freqs`) and globals. They are module state like parameters (kind
+"param": passed in place, frozen into exports) but marked `constant`: they are not in
+`model.parameters()`/`buffers()`, so they never identify the model a call belongs to.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ class GraphInput:
     node: str           # placeholder node name
     kind: str           # "user" | "param"
     name: str           # user: argument path ("timestep", "added_cond_kwargs.resolution"); param: source
+    constant: bool = False   # a lifted tensor that is neither a parameter nor a buffer (RoPE table, global)
 
 
 def placeholder_source(node: fx.Node) -> str | None:
@@ -43,8 +50,13 @@ def classify_inputs(gm: fx.GraphModule) -> list[GraphInput]:
             inputs.append(GraphInput(index, node.name, "user", ".".join([match.group(1), *keys])))
         else:
             # Module state (L['self']...), globals, or an unknown source: never a per-call input.
-            inputs.append(GraphInput(index, node.name, "param", source or node.name))
+            inputs.append(GraphInput(index, node.name, "param", source or node.name, constant=not is_owned(source)))
     return inputs
+
+
+def is_owned(source: str | None) -> bool:
+    """Whether a module-state source is a parameter or buffer (found in model.parameters()/buffers())."""
+    return source is not None and ("._parameters[" in source or "._buffers[" in source)
 
 
 def symbolic_inputs(example_inputs) -> list[int]:

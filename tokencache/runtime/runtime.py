@@ -121,6 +121,10 @@ class CacheRuntime:
         self.user_positions = [gi.index for gi in inputs if gi.kind == "user"]
         self.param_positions = [gi.index for gi in inputs if gi.kind == "param"
                                 and isinstance(example_inputs[gi.index], torch.Tensor)]
+        # parameters and buffers first, then lifted constants (RoPE tables): a constant is not in
+        # model.parameters(), so it never anchors or registers the model a call belongs to
+        self.param_positions.sort(key=lambda i: inputs[i].constant)
+        self.owned_params = sum(not inputs[i].constant for i in self.param_positions)
         params = set(self.param_positions)
         # shapes, dtypes and small values only: never the parameters or the caller's big tensors
         self.examples = [ExampleSpec.of(x, keep=i not in params) for i, x in enumerate(example_inputs)]
@@ -146,7 +150,7 @@ class CacheRuntime:
             models = self.models
             entry.params[0] = weakref.ref(anchor, lambda ref, key=key: models.get(key) is not None
                                           and models[key].params[0] is ref and models.pop(key))
-        registry.register(self, entry, params)
+        registry.register(self, entry, params[:self.owned_params])
         return entry
 
     def session_for(self, args) -> tuple[ModelEntry, Session]:
