@@ -76,14 +76,14 @@ def report(compiled) -> dict:
         raise ValueError("this model has not been run through the tokencache backend yet: reports exist after "
                          "the first call (if it was called: Dynamo stops compiling a function after "
                          "torch._dynamo.config.recompile_limit compilations and then runs it eagerly)")
-    # one graph per input shape (or per graph break), each with this model's session
+    # every graph of this model (graph breaks, block frames, other input shapes), added up
+    from .runtime.model_report import combine, warn_low_savings
     from .runtime.packed_weights import PACKED
     from .runtime.registry import module_of
 
-    graphs = [runtime.report(entry) for runtime, entry in found]
-    main = max(graphs, key=lambda g: len(g["regions"]))
-    return {**main, "recompiles": len(graphs) - 1, "graphs": graphs if len(graphs) > 1 else None,
-            "packed_weight_bytes": PACKED.nbytes(module_of(compiled).parameters()),
+    combined = combine(found)
+    warn_low_savings(module_of(compiled), combined)
+    return {**combined, "packed_weight_bytes": PACKED.nbytes(module_of(compiled).parameters()),
             "eager_calls": handle.eager_calls if handle is not None else None,
             "eager_reason": handle.eager_reason if handle is not None else None}
 

@@ -23,7 +23,9 @@ from ..passes.dead_chunks import drop_dead_chunks
 from ..policies import get_policy
 from ..policies.none import NonePolicy
 from ..runtime.runtime import CacheRuntime, runtime_calls
-from .graph_inputs import classify_inputs, symbolic_inputs
+from .capture import describe as describe_capture
+from .graph_inputs import classify_inputs
+from .specialise import SpecialisingRuntime, concrete, symbolic_shapes
 from .regions import Analysis, analyse
 from .timestep import describe_missing, find_timestep, frame_arguments, scalar_timestep
 
@@ -90,14 +92,28 @@ def eager_reason(module) -> str:
 def tokencache_backend(gm: fx.GraphModule, example_inputs, options=None):
     config = CacheConfig.from_options(options)
     inputs = classify_inputs(gm)
-    return build_runtime(gm, list(example_inputs), config, inputs)
+    # SymInt/SymFloat inputs (Dynamo's automatic dynamic shapes after a recompile): their values;
+    # a graph whose tensor sizes are symbolic is made static per input shape (specialise.py)
+    example_inputs = [concrete(x) for x in example_inputs]
+    capture = describe_capture(gm)       # compile id, frame, why the graph ended (report()'s graph_breaks)
+
+    def build(graph, args, dynamic_reason=None):
+        # a resume function or a submodule's frame follows the model's step clock (runtime/steplink.py)
+        runtime = build_runtime(graph, args, config, inputs, dynamic_reason=dynamic_reason,
+                                follows=capture["entry"] is False)
+        runtime.report_base["capture"] = capture
+        return runtime
+    if symbolic_shapes(gm):
+        return SpecialisingRuntime(gm, build, lambda why: build(gm, example_inputs, why))
+    return build(gm, example_inputs)
 
 
-def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRuntime:
+def build_runtime(gm, example_inputs, config: CacheConfig, inputs, dynamic_reason: str | None = None,
+                  follows: bool = False) -> CacheRuntime:
     policy = get_policy(config.policy)
     analysis, reason = None, None
-    if symbolic_inputs(example_inputs):
-        reason = "the graph was captured with dynamic shapes; compile with dynamic=False"
+    if dynamic_reason is not None:
+        reason = dynamic_reason if config.policy != "none" else None
     else:
         try:
             analysis = analyse(gm)
@@ -120,12 +136,16 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs) -> CacheRunti
             and config.timestep_input.split(".")[0] not in args:
         raise ValueError(f"tokencache option 'timestep_input' names {config.timestep_input!r}, which is not an "
                          f"argument of the compiled function (arguments: {', '.join(args)})")
+    # a piece of a model split by graph breaks that holds no block (embeddings, the final norm) has
+    # nothing to cache: recorded for report(), neither warned about nor an error under strict=True
+    piece = follows and analysis is not None and not analysis.blocks
     if reason is not None:
-        if config.strict:
+        if config.strict and not piece:
             raise TokenCacheError(f"tokencache: cannot cache this graph (strict=True): {reason}")
-        warnings.warn(f"tokencache: caching disabled for this graph: {reason}. Running it uncached.", stacklevel=2)
+        if not piece:
+            warnings.warn(f"tokencache: caching disabled for this graph: {reason}. Running it uncached.", stacklevel=2)
         policy = NonePolicy()
-    elif timestep is None and config.policy != "none":
+    elif timestep is None and config.policy != "none" and not follows:
         warnings.warn(describe_missing(inputs, example_inputs, config.timestep_input), stacklevel=2)
     if policy.name in ("toca", "duca") and (partly := [r for r in analysis.regions if not r.token_wise]):
         warnings.warn(f"tokencache: {len(partly)} region(s) are not token-local and are reused whole in token-wise "

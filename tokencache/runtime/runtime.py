@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import warnings
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import torch.fx as fx
 from ..compiler.graph_inputs import GraphInput
 from ..compiler.inner import compile_variant, cpu_matmul_for
 from ..config import CacheConfig
-from . import registry
+from . import registry, steplink
 from .generation import active_generation
 from .packed_weights import PACKED
 from .session import ModelEntry, Schedules, Session
@@ -179,25 +180,61 @@ class CacheRuntime:
             self.entry_for(args).calls[self.schedule[0]] += 1
             return self.autograd_graph(*args)
         entry, session = self.session_for(args)
+        steplink.attach(session, leads=self.timestep is not None)   # one clock per model across graph breaks
         call = session.begin(self._timestep_value(args),
                              args[self.latent_index] if self.latent_index is not None else None)
         entry.note(session, call, next(_CALLS))
+        if self.timestep is not None:
+            steplink.publish(session, call, session.last_call, self.config)
         if call.tick.new_generation and "onednn_packed" in self.matmul.values():
             # a generation starts: notice weights written through .data since they were packed
             PACKED.verify(args[i] for i in self.param_positions)
-        full_args = self.assemble(call.variant, args, call.state, call.step, call.fresh_steps)
-        with torch.no_grad(), self._run_lock:
-            outs = self._compiled(call.variant, full_args)(*full_args)
-        wiring = self.variants[call.variant].meta["tokencache"]
+        # a variant this graph dropped after it failed (_fall_back) runs as the fresh one
+        variant = call.variant if call.variant in self.variants else self.schedule[0]
+        full_args = self.assemble(variant, args, call.state, call.step, call.fresh_steps)
+        try:
+            with torch.no_grad(), self._run_lock:
+                outs = self._compiled(variant, full_args)(*full_args)
+        except Exception as error:
+            # tokencache's own errors (TensorRT unavailable, strict mode) and the machine's (memory,
+            # a missing package) are not a wrong rewrite: they reach the caller
+            if variant == self.schedule[0] or type(error).__module__.startswith("tokencache") \
+                    or isinstance(error, (ImportError, MemoryError)):
+                raise
+            self._fall_back(variant, error)
+            variant = self.schedule[0]
+            full_args = self.assemble(variant, args, call.state, call.step, call.fresh_steps)
+            with torch.no_grad(), self._run_lock:
+                outs = self._compiled(variant, full_args)(*full_args)
+        wiring = self.variants[variant].meta["tokencache"]
         n = wiring["num_outputs"]
         call.state.update(zip(wiring["state_out"], outs[n:]))
         return tuple(outs[:n])
+
+    def _fall_back(self, variant: str, error: Exception) -> None:
+        """A cached variant failed to compile or run: a rewrite applied that should not have (never
+        the model's fault, the fresh variant ran the same graph). The model must not pay for it:
+        this graph runs its fresh variant at every step from now on (uncached, exact), with the
+        reason in a warning and in report()["fallback_reason"]; strict=True raises TokenCacheError."""
+        from ..errors import TokenCacheError
+
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        reason = f"its {variant!r} variant failed ({type(error).__name__}: {first}); this graph runs uncached"
+        if self.config.strict:
+            raise TokenCacheError(f"tokencache: {reason}") from error
+        fresh = self.schedule[0]
+        self.variants = {fresh: self.variants[fresh]}
+        self.schedule = [fresh] * len(self.schedule)
+        self.schedules = Schedules(self.policy, self.config, self.variants)
+        self.report_base["fallback_reason"] = reason
+        warnings.warn(f"tokencache: {reason}. Please report this with the model.", stacklevel=3)
 
     def assemble(self, variant: str, args, state: dict, step: int, fresh_steps: list[int]) -> list:
         """Graph inputs, then state inputs (zeros where a policy allows a cold start, e.g. Taylor
         factors of orders not yet seen), then host-computed inputs (step distances, coefficients)."""
         wiring = self.variants[variant].meta["tokencache"]
-        device = args[self.user_positions[0]].device if self.user_positions else None
+        # the first tensor input: user inputs may be ints (after a graph break Dynamo passes them)
+        device = next((args[i].device for i in self.user_positions if isinstance(args[i], torch.Tensor)), None)
         for key in wiring["state_in"]:
             if key not in state:
                 if key not in wiring.get("state_init", {}):
