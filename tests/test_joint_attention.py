@@ -161,3 +161,63 @@ def test_hand_written_joint_attention_exact_with_rope_and_split():
 def test_context_tokens_option_is_validated():
     with pytest.raises(ValueError, match="context_tokens"):
         tokencache.CacheConfig(context_tokens="sometimes")
+
+
+class MaskedSelfAttention(torch.nn.Module):
+    """Self-attention with a mask that has one row per query (HunyuanVideo's token refiner passes
+    (B, 1, N, N)), and a RoPE written into an `empty_like` buffer in place (Wan's processor)."""
+
+    def __init__(self, dim=16, heads=2, n=12):
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.register_buffer("angles", torch.randn(1, n, 1, dim // heads // 2))
+
+    def forward(self, x, mask):
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(2)   # (B, N, H, D)
+        x1, x2 = q.unflatten(-1, (-1, 2)).unbind(-1)
+        rotated = torch.empty_like(q)
+        rotated[..., 0::2] = x1 * self.angles.cos() - x2 * self.angles.sin()
+        rotated[..., 1::2] = x1 * self.angles.sin() + x2 * self.angles.cos()
+        o = F.scaled_dot_product_attention(rotated.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        return self.out(o.transpose(1, 2).flatten(2))
+
+
+class MaskedModel(torch.nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.ModuleDict({"attn": MaskedSelfAttention(dim)}) for _ in range(2)])
+        self.t_embed = torch.nn.Linear(1, dim)
+
+    def forward(self, x, mask, timestep):
+        x = x + self.t_embed(timestep[:, None])[:, None]
+        for block in self.blocks:
+            x = x + block["attn"](F.layer_norm(x, x.shape[-1:]), mask)
+        return x
+
+
+def test_per_query_mask_rows_and_in_place_rope_are_token_wise():
+    """The mask's query rows are gathered with the K tokens (exact at K = N, whose rows come in
+    score order, so an ungathered mask would pair rows with the wrong tokens), and the in-place
+    RoPE writes are part of the query path (before, they were left out of the cached step)."""
+    torch.manual_seed(0)
+    model = MaskedModel().eval()
+    x0 = torch.randn(2, 12, 16)
+    mask = torch.rand(2, 1, 12, 12) > 0.4
+    mask[..., 0] = True                                   # every query sees at least one key
+
+    def loop(m):
+        x = x0
+        with torch.no_grad():
+            for i in range(6):
+                x = x - 0.1 * m(x, mask, torch.full((2,), 1.0 - i / 6))
+        return x
+
+    expected = loop(model)
+    compiled = tokencache.compile(model, policy="toca", ratio=1.0, attention="tokens", num_steps=6, inner="eager")
+    assert rel(loop(compiled), expected) <= 1e-5
+    attn = [r for r in tokencache.report(compiled)["regions"] if r["kind"] == "self_attention"]
+    assert len(attn) == 2 and all(r["token_wise"] for r in attn), attn
+    torch._dynamo.reset()
+    partial = tokencache.compile(model, policy="toca", ratio=0.25, attention="tokens", num_steps=6, inner="eager")
+    assert rel(loop(partial), expected) < 0.2
+    assert tokencache.report(partial)["variants"]["partial"]["calls"] > 0

@@ -341,3 +341,37 @@ def test_inplace_cache_only_where_no_output_is_the_cache(returns_cache_view):
     out, state = rewritten(*args)
     assert torch.equal(state, token_ops.scatter_rows(torch.zeros(2, 4, 3), args[2], args[3]))
     assert (state is held) == (not returns_cache_view)
+
+
+@pytest.mark.parametrize("index, axis", [
+    ((Ellipsis, slice(None, 4)), 1),        # Flux 2's SwiGLU: x[..., :half] keeps the tokens at 1
+    ((slice(None), None), 2),               # x[:, None]: a new axis in front moves them to 2
+    ((None, Ellipsis, 0), 2),               # x[None, ..., 0]: moved by the new axis, channels dropped
+    ((0,), 0),                              # x[0]: the batch axis is dropped
+])
+def test_indexing_keeps_track_of_the_token_axis(index, axis):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tokencache.compiler.token_axis import propagate
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    y = graph.call_function(operator.getitem, (x, index))
+    with FakeTensorMode() as mode:
+        x.meta["example_value"] = mode.from_tensor(torch.zeros(2, 6, 8))
+        y.meta["example_value"] = x.meta["example_value"][index]
+    assert propagate([x, y], x, 1, 6)[y.name] == axis
+
+
+@pytest.mark.parametrize("index", [(Ellipsis, slice(0, 3), slice(None)), (slice(None), slice(1, 4))])
+def test_indexing_rejects_slicing_tokens_inside_the_stream(index):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tokencache.compiler.token_axis import NotTokenLocal, propagate
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    y = graph.call_function(operator.getitem, (x, index))
+    with FakeTensorMode() as mode:
+        x.meta["example_value"] = mode.from_tensor(torch.zeros(2, 6, 8))
+        y.meta["example_value"] = x.meta["example_value"][index]
+    with pytest.raises(NotTokenLocal):
+        propagate([x, y], x, 1, 6)

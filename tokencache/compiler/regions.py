@@ -16,6 +16,8 @@ tie). Regions of the text stream elsewhere in the block (its feed-forward) are m
 """
 from __future__ import annotations
 
+import math
+
 import re
 from dataclasses import dataclass, field
 
@@ -23,7 +25,7 @@ import torch.fx as fx
 
 from .blocks import child_of, find_blocks
 from .blocks import inside as in_block
-from .token_axis import CONTEXT, IMAGE, SDPA, NotTokenLocal, PathInfo, op_name, propagate, shape_of
+from .token_axis import CONTEXT, IMAGE, SDPA, NotTokenLocal, PathInfo, op_name, propagate, shape_of, total
 
 _COMPUTE = {"linear", "matmul", "bmm", "conv2d", "conv1d", SDPA, "baddbmm"}
 
@@ -50,6 +52,7 @@ class Region:
     context_input: str | None = None                       # joint attention: the text stream's input
     context_output: str | None = None                      # ... and its output (None: context pre-only)
     context_tokens: int = 0
+    out_shape: tuple | None = None                         # a region reused whole whose output is not (B, N, C)
 
     def summary(self) -> dict:
         out = {"region": self.name, "block": self.block, "kind": self.kind, "tokens": self.tokens,
@@ -63,7 +66,7 @@ class Region:
     def cached_outputs(self) -> list[tuple[str, str, tuple[int, int, int]]]:
         """(cache name, output node, its (batch, tokens, channels)) of every value the region
         hands back to the block: one, or two for a joint attention."""
-        outs = [(self.name, self.output, (self.batch, self.tokens, self.out_features))]
+        outs = [(self.name, self.output, self.out_shape or (self.batch, self.tokens, self.out_features))]
         if self.context_output is not None:
             outs.append((f"{self.name}:context", self.context_output, (self.batch, self.context_tokens, self.out_features)))
         return outs
@@ -83,7 +86,19 @@ def module_path(node: fx.Node) -> str:
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return ""
-    raw = list(stack.values())[-1][0]
+    return _normalise(list(stack.values())[-1][0])
+
+
+def call_index(node: fx.Node, path: str) -> int:
+    """Which call of module `path` a node was traced in: Dynamo keys the second call of one module
+    (CogView 4 runs its `ff` on the image and then on the text stream) '<id>@1', and so on."""
+    for key, (raw, _) in (node.meta.get("nn_module_stack") or {}).items():
+        if _normalise(raw) == path:
+            return int(key.rsplit("@", 1)[1]) if "@" in key else 0
+    return 0
+
+
+def _normalise(raw: str) -> str:
     raw = raw.replace("L['self']", "", 1)
     raw = re.sub(r"\.__dict__\['_modules'\]\['([^']+)'\]", r".\1", raw)
     raw = re.sub(r"\._modules\['([^']+)'\]", r".\1", raw)
@@ -102,7 +117,8 @@ def analyse(gm: fx.GraphModule) -> Analysis:
         for n in nodes:
             child = child_of(paths[n.name], block)
             if child is not None:
-                children.setdefault(child, []).append(n)
+                call = call_index(n, child)
+                children.setdefault(f"{child}@{call}" if call else child, []).append(n)
         for child, members in children.items():
             if not any(op_name(n) in _COMPUTE for n in members):
                 continue  # norms, modulation, activations: not worth caching on their own
@@ -166,11 +182,12 @@ def _as_region(name: str, block: str, members: list[fx.Node]) -> Region | str:
         return f"{len(outputs)} values leave the module (need exactly one)"
     out = outputs[0]
     out_shape = shape_of(out)
-    if out_shape is None or len(out_shape) != 3:
-        return f"its output {out.name} is not a (batch, tokens, channels) tensor"
-    candidates = [a for a in external if (shape_of(a) or ())[:2] == out_shape[:2] and len(shape_of(a)) == 3]
+    if out_shape is None:
+        return f"its output {out.name} is not a tensor"
+    candidates = [a for a in external if len(out_shape) == 3 and (shape_of(a) or ())[:2] == out_shape[:2]
+                  and len(shape_of(a)) == 3]
     if not candidates:
-        return "no token-major input with the output's (batch, tokens) shape"
+        return _whole(name, block, members, external, out, sdpas)
     if len(sdpas) > 1:
         return f"{len(sdpas)} attention ops in one module"
     if sdpas:
@@ -194,28 +211,59 @@ def _as_region(name: str, block: str, members: list[fx.Node]) -> Region | str:
     return region
 
 
+def _whole(name, block, members, external, out, sdpas) -> Region | str:
+    """A module whose one output is not (batch, tokens, channels) (Sana's convolutional feed-forward
+    works on (B, C, H, W)): it can still be reused whole in cached steps, never token-wise."""
+    shape = shape_of(out)
+    # only values over the tokens (or the latent grid): a modulation computed from the timestep
+    # embedding ((B, 6C), AdaLN) changes every step and must be recomputed
+    tokens_in = [a for a in external if len(shape_of(a) or ()) >= 3 and math.prod(shape_of(a)[1:-1]) > 1]
+    if len(shape) < 3 or math.prod(shape[1:-1]) <= 1 or not tokens_in:
+        return f"its output {out.name} {tuple(shape)} is not a (batch, tokens, channels) tensor"
+    tensors = tokens_in
+    why = (f"its output {out.name} {tuple(shape)} is not a (batch, tokens, channels) tensor" if len(shape) != 3
+           else "no token-major input with the output's (batch, tokens) shape")
+    return Region(name, block, "self_attention" if sdpas else "feed_forward", [n.name for n in members],
+                  tensors[0].name, out.name, shape[0], 0, shape_of(tensors[0])[-1], shape[-1], token_wise=False,
+                  reason=f"{why}: reused whole", out_shape=tuple(shape))
+
+
 def _sdpa_arg(node: fx.Node, index: int, name: str):
     return node.args[index] if len(node.args) > index else node.kwargs.get(name)
 
 
 def _mixers(members: list[fx.Node]) -> str:
-    """Name the convolutions/pooling in a region: the usual reason a feed-forward mixes tokens."""
-    found = []
+    """Name the convolutions/pooling in a region (the usual reason a feed-forward mixes tokens) and
+    products of two computed tensors (linear attention, Sana)."""
+    found, inside = [], {n.name for n in members}
     for n in members:
         name = op_name(n)
         if name.startswith(("conv", "avg_pool", "max_pool")):
             weight = shape_of(n.args[1]) if name.startswith("conv") and len(n.args) > 1 else None
             kernel = "x".join(map(str, weight[2:])) if weight and len(weight) > 2 else "?"
             found.append(f"{name} at {n.name} (kernel {kernel}) mixes neighbouring tokens")
+        elif name in ("matmul", "bmm") and all(isinstance(a, fx.Node) and a.name in inside for a in n.args[:2]):
+            found.append(f"{name} at {n.name} multiplies computed tensors with each other "
+                         "(linear attention: keys and values summed over all tokens)")
     return "; ".join(found)
 
 
-def _ancestors(node: fx.Node, inside: set[str]) -> set[str]:
-    """Names of the nodes `node` depends on, walked within `inside` (external inputs included)."""
+_WRITES = {"setitem", "copy_", "fill_", "zero_", "masked_fill_", "index_put_", "add_", "mul_"}
+
+
+def _ancestors(node: fx.Node, inside: set[str], reader: fx.Node | None = None) -> set[str]:
+    """Names of the nodes `node` depends on, walked within `inside` (external inputs included).
+    An in-place write into a value before `reader` (default: `node`) reads it counts as a
+    dependency: Wan's RoPE fills an `empty_like` buffer with `out[..., 0::2] = ...`, CogView 4
+    rotates the image part of the queries with `query[:, :, L:] = ...` before the attention."""
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    limit = order[reader if reader is not None else node]
     seen, todo = set(), [node]
     while todo:
         n = todo.pop()
-        for a in n.all_input_nodes:
+        writers = [u for u in n.users if u.name in inside and op_name(u) in _WRITES and u.args
+                   and u.args[0] is n and order[u] < limit]
+        for a in list(n.all_input_nodes) + writers:
             if a.name not in seen:
                 seen.add(a.name)
                 if a.name in inside:
@@ -234,7 +282,7 @@ def _attention_region(name, block, members, candidates, out, sdpa) -> Region | s
             continue
         kind = "self_attention" if feeds[1] and feeds[2] else "cross_attention"
         B, N, C = shape_of(x)
-        q_path = _ancestors(q, inside) | {q.name}
+        q_path = _ancestors(q, inside, sdpa) | {q.name}
         region = Region(name, block, kind, [n.name for n in members], x.name, out.name, B, N, C,
                         shape_of(out)[2], token_wise=True, attention=sdpa.name,
                         value=v.name if isinstance(v, fx.Node) else None)
@@ -255,10 +303,41 @@ def _query_path(members, q_path, x, q, sdpa, tokens, context) -> tuple[dict[str,
     q_axes = propagate([n for n in members if n.name in q_path], x, 1, tokens, info=info)
     if q_axes.get(q.name) != len(shape_of(q)) - 2:
         raise NotTokenLocal("queries do not have tokens on the second-to-last axis")
+    _note_mask_rows(sdpa, total(info.layouts[q.name]), info)
     after = [n for n in members if n.name not in q_path and n is not sdpa]
     out_axes = propagate(after, sdpa, len(shape_of(sdpa)) - 2, tokens, info=info,
                          start_layout=info.layouts[q.name])
     return {**q_axes, **out_axes}, info
+
+
+def _note_mask_rows(sdpa: fx.Node, tokens: int, info: PathInfo) -> None:
+    """An attention mask with one row per query (HunyuanVideo's token refiner: (B, 1, L, L)) is
+    a per-token table of the attention: a partial step gathers the rows of its queries. A mask
+    that broadcasts over the queries ((B, 1, 1, N): a key-padding mask) needs nothing."""
+    mask = _sdpa_arg(sdpa, 3, "attn_mask")
+    if not isinstance(mask, fx.Node):
+        return
+    shape = shape_of(mask)
+    if shape is None:
+        raise NotTokenLocal(f"attention mask {mask.name} has no known shape")
+    if len(shape) < 2 or shape[-2] == 1:
+        return
+    if shape[-2] != tokens:
+        raise NotTokenLocal(f"attention mask {mask.name} {tuple(shape)} has {shape[-2]} query rows, not {tokens}")
+    info.tables.setdefault(sdpa.name, []).append((mask.name, len(shape) - 2))
+
+
+def _joined(members, q_path, streams, inside) -> bool:
+    """Whether the two streams meet in a concatenation on the query path (their tokens joined into
+    one sequence), rather than only in elementwise ops (a table of rotations applied to tokens)."""
+    for n in members:
+        if n.name in q_path and op_name(n) == "cat":
+            parts = [a for a in (n.args[0] if n.args else n.kwargs["tensors"]) if isinstance(a, fx.Node)]
+            sources = [_ancestors(a, inside) | {a.name} for a in parts]
+            if all(any(s.name in src and other.name not in src for src in sources)
+                   for s, other in (streams, streams[::-1])):
+                return True
+    return False
 
 
 def _joint_attention_region(name, block, members, external, outputs, sdpa) -> Region | str | None:
@@ -267,10 +346,12 @@ def _joint_attention_region(name, block, members, external, outputs, sdpa) -> Re
     q, v = _sdpa_arg(sdpa, 0, "query"), _sdpa_arg(sdpa, 2, "value")
     if not isinstance(q, fx.Node):
         return None
-    q_path = _ancestors(q, inside) | {q.name}
+    q_path = _ancestors(q, inside, sdpa) | {q.name}
     streams = [a for a in external if a.name in q_path and len(shape_of(a) or ()) == 3]
     if len(streams) != 2 or shape_of(streams[0])[0] != shape_of(streams[1])[0]:
         return None
+    if not _joined(members, q_path, streams, inside):
+        return None                 # e.g. a per-token RoPE table (Lumina 2's freqs_cis) beside the tokens
     order = {n.name: i for i, n in enumerate(members[0].graph.nodes)}
     x, c = sorted(streams, key=lambda a: (-shape_of(a)[1], order[a.name]))
     (B, N, C), L = shape_of(x), shape_of(c)[1]

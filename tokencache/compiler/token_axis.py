@@ -25,7 +25,7 @@ _ROWWISE = {
     "add", "sub", "mul", "truediv", "div", "neg", "pow", "gelu", "silu", "relu", "tanh", "sigmoid",
     "dropout", "linear", "to", "float", "half", "bfloat16", "type", "contiguous", "clone", "exp",
     "sqrt", "rsqrt", "abs", "clamp", "erf", "square", "mish", "leaky_relu", "hardswish", "softplus",
-    "iadd", "imul", "add_", "mul_", "type_as", "detach",
+    "iadd", "imul", "add_", "mul_", "type_as", "detach", "empty_like", "zeros_like", "ones_like",
 }
 _LAST_DIMS = {"layer_norm", "rms_norm"}       # normalise over trailing dims only
 _REDUCE_OR_SOFTMAX = {"softmax", "log_softmax", "mean", "sum", "amax", "amin", "norm"}
@@ -129,6 +129,8 @@ def _axis_after(node: fx.Node, on_path: list[fx.Node], axes: dict[str, int], inf
         if _dim(dim, len(in_shape)) == axis:
             return axis, _split_segments(node, layout, info, where)
         return (axis if name != "unbind" else axis - (1 if _dim(dim, len(in_shape)) < axis else 0)), layout
+    if name == "setitem":
+        return _setitem_axis(node, axes, info, where)
     if out_shape is None or in_shape is None:
         raise NotTokenLocal(f"{where}: result is not a tensor with a known shape")
     if name == "cat":
@@ -218,19 +220,25 @@ def _cat_axis(node: fx.Node, axes: dict[str, int], info: PathInfo, where: str) -
                                           for a in ours):
             raise NotTokenLocal(f"{where}: concatenates token tensors with non-token tensors")
         return axis, info.layouts[ours[0].name]
-    if len(ours) != 1:
-        raise NotTokenLocal(f"{where}: concatenates several token tensors along the token axis")
-    # joint attention: our tokens join another stream's (text) tokens along the token axis
+    # joint attention: our tokens join another stream's (text) tokens along the token axis, or
+    # pieces of one joined sequence are put back together (HunyuanVideo's single-stream blocks
+    # rotate the image part of the queries only: cat([rope(q[:, :, :-L]), q[:, :, -L:]]))
     layout, others = [], []
     for i, part in enumerate(parts):
-        if part is ours[0]:
+        if part in ours:
+            if axes[part.name] != axis:
+                raise NotTokenLocal(f"{where}: concatenates token tensors whose token axes differ")
             layout.extend(info.layouts[part.name])
+            if all(kind == CONTEXT for kind, _ in info.layouts[part.name]):
+                others.append(i)                    # text rows only: dropped when text is reused
         else:
             shape = shape_of(part)
             if shape is None:
                 raise NotTokenLocal(f"{where}: joins a value of unknown shape")
             layout.append((CONTEXT, shape[axis]))
             others.append(i)
+    if sum(kind == IMAGE for kind, _ in layout) > 1:
+        raise NotTokenLocal(f"{where}: concatenates several copies of the image tokens")
     info.joins[node.name] = others
     return axis, tuple(layout)
 
@@ -238,20 +246,54 @@ def _cat_axis(node: fx.Node, axes: dict[str, int], info: PathInfo, where: str) -
 def _getitem_axis(node: fx.Node, src: fx.Node, axis: int, layout: Layout, info: PathInfo,
                   where: str) -> tuple[int, Layout]:
     index = node.args[1]
-    index = index if isinstance(index, tuple) else (index,)
-    result = axis
-    for i, item in enumerate(index):
-        if item is Ellipsis or item is None:
-            raise NotTokenLocal(f"{where}: indexing with ... or None before the token axis")
-        if i == axis:
+    index = list(index) if isinstance(index, tuple) else [index]
+    if Ellipsis in index:                       # x[..., :half] (Flux 2's SwiGLU): spell the axes out
+        at = index.index(Ellipsis)
+        rank = len(shape_of(src))
+        named = sum(1 for item in index if item is not None and item is not Ellipsis)
+        index[at:at + 1] = [slice(None)] * (rank - named)
+    result, in_axis = axis, 0
+    for position, item in enumerate(index):
+        if item is None:                        # a new axis: in front of the tokens it moves them
+            if in_axis <= axis:
+                result += 1
+            continue
+        if in_axis == axis:
             if item == slice(None):
                 break
+            if position != axis:                # the partial pass re-slices by position
+                raise NotTokenLocal(f"{where}: slices the token axis behind ... or None")
             return result, _slice_segments(node, item, layout, info, where)
         if isinstance(item, int):
             result -= 1                 # an integer index drops an axis in front of the tokens
         elif item != slice(None):
             raise NotTokenLocal(f"{where}: slices an axis before the token axis")
+        in_axis += 1
     return result, layout
+
+
+def _setitem_axis(node: fx.Node, axes: dict[str, int], info: PathInfo, where: str) -> tuple[int, Layout]:
+    """`out[..., 0::2] = rows` (Wan's RoPE writes into an `empty_like` buffer), `q[:, :, L:] = rows`
+    (CogView 4 rotates the image segment of a joint sequence): token-local when the target holds
+    the tokens, the index keeps their axis whole or takes whole segments, and the written value
+    has the same tokens on the same axis of the indexed view."""
+    target, _, value = node.args
+    if not isinstance(target, fx.Node) or target.name not in axes:
+        raise NotTokenLocal(f"{where}: writes token rows into a tensor without tokens")
+    axis, layout = axes[target.name], info.layouts[target.name]
+    # a slice of whole segments is fine (the partial pass resizes it as a getitem's)
+    view_axis, view_layout = _getitem_axis(node, target, axis, layout, info, where)
+    items = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+    if any(isinstance(item, fx.Node) for item in items):
+        raise NotTokenLocal(f"{where}: writes at tensor indices")
+    view_rank = len(shape_of(target)) - sum(isinstance(i, int) for i in items) + sum(i is None for i in items)
+    if isinstance(value, fx.Node) and value.name in axes:
+        # the value broadcasts against the view from the right: its tokens must line up
+        if axes[value.name] - len(shape_of(value)) != view_axis - view_rank or info.layouts[value.name] != view_layout:
+            raise NotTokenLocal(f"{where}: writes token rows at another axis")
+    elif isinstance(value, fx.Node) and node.name in info.slices:
+        raise NotTokenLocal(f"{where}: writes values without tokens into part of the token axis")
+    return axis, layout
 
 
 def _split_segments(node: fx.Node, layout: Layout, info: PathInfo, where: str) -> Layout:

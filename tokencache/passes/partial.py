@@ -129,11 +129,11 @@ def region_on_rows(gm: fx.GraphModule, region: Region, index: fx.Node, k: int, e
 
 
 def _reslice(node: fx.Node, axis: int, start: int, stop: int) -> None:
-    """Point a getitem's slice of the token axis at the resized segments [start, stop)."""
+    """Point a getitem's (or setitem's) slice of the token axis at the resized segments [start, stop)."""
     index = node.args[1]
     items = list(index) if isinstance(index, tuple) else [index]
     items[axis] = slice(start, stop)
-    node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0])
+    node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0], *node.args[2:])  # setitem: value
 
 
 def row_prelude(gm: fx.GraphModule, region: Region, created: set[str]) -> tuple[fx.Node, dict[str, int]]:
