@@ -157,6 +157,37 @@ def test_timestep_under_another_name_is_found():
     assert report["timestep_input"] == "noise_level" and report["generations"] == 2
 
 
+class _Decorated(torch.nn.Module):
+    """A forward behind a `(self, *args, **kwargs)` wrapper, as diffusers decorates HunyuanVideo's,
+    Flux's and others' (apply_lora_scale): Dynamo names the inputs `kwargs.timestep`, ..."""
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def _inner(self, hidden_states, timestep, class_labels, guidance):
+        # a second 1-d float input (HunyuanVideo's guidance): the timestep is not the only candidate
+        return self.model(hidden_states, timestep * (1 + 0 * guidance), class_labels)
+
+    def forward(self, *args, **kwargs):
+        return self._inner(*args, **kwargs)
+
+
+def test_timestep_passed_through_a_kwargs_wrapper_is_found():
+    case = ALL_CASES["reference"]()
+    x0 = noise(case)
+    by_name = Case("decorated", None, case.latent,
+                   lambda m, x, t: m(hidden_states=x, timestep=t, class_labels=torch.arange(x.shape[0]) % 10,
+                                     guidance=torch.full((x.shape[0],), 3.5)))
+    compiled = tokencache.compile(_Decorated(case.build()), **OPTIONS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)            # no "found no timestep input"
+        first = generate(by_name, compiled, x0, steps=5)
+        second = generate(by_name, compiled, x0, steps=5)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)  # the generations did not bleed
+    report = tokencache.report(compiled)
+    assert report["timestep_input"] == "kwargs.timestep" and report["generations"] == 2
+
+
 def test_unknown_timestep_input_is_a_value_error():
     """Observed 5: timestep_input="nonexistent_arg" was accepted silently."""
     case = ALL_CASES["reference"]()

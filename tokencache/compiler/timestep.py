@@ -45,13 +45,19 @@ def find_timestep(inputs: list[GraphInput], example_inputs, wanted: str) -> Grap
              and example_inputs[gi.index].numel() >= 1]
     for name in (AUTO_NAMES if wanted == "auto" else (wanted,)):
         for gi in users:
-            if gi.name == name:
+            if _argument_name(gi.name) == name:
                 return gi
     if wanted == "auto":
         small = [gi for gi in users if example_inputs[gi.index].dim() <= 1 and example_inputs[gi.index].is_floating_point()]
         if len(small) == 1:
             return small[0]
     return None
+
+
+def _argument_name(name: str) -> str:
+    """The forward() argument a graph input came from: a decorated forward (diffusers wraps many in
+    `def wrapper(self, *args, **kwargs)`) hands its arguments on as `kwargs.<name>`."""
+    return name[len("kwargs."):] if name.startswith("kwargs.") else name
 
 
 def constant_locals() -> dict[str, str]:
