@@ -342,6 +342,44 @@ def write_markdown(results: list[dict], modes, path: str, meta: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+README_START, README_END = "<!-- coverage:start -->", "<!-- coverage:end -->"
+
+
+def readme_table(results: list[dict], meta: dict) -> str:
+    """The compact table the README carries: one row per class, dynamic=False."""
+    counts: dict[str, int] = {}
+    for r in results:
+        key = classify(r).split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    lines = [f"{len(results)} diffusers classes at tiny random-weight configs, {meta['date']}, torch {meta['torch']}, "
+             f"diffusers {meta['diffusers']}, tokencache {meta['commit']} (`python benchmarks/coverage.py "
+             f"--readme README.md`; details, notes and every reason in `benchmarks/coverage.md`). "
+             "Overall: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".",
+             "",
+             "| class | toca | fora | FLOP fraction toca / fora | exact at K=N |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        runs = r.get("runs", {})
+        toca, fora, exact = runs.get("toca|static"), runs.get("fora|static"), runs.get("toca K=N|static")
+        name = f"{r['entry']}" if r["entry"] == r["class"] else f"{r['entry']} ({r['class']})"
+        lines.append("| " + " | ".join([
+            name, cell(toca["status"] if toca else r.get("error", "–"), 70), cell(fora["status"] if fora else "–", 70),
+            f"{frac(toca)} / {frac(fora)}", exact_cell(exact, toca["status"] if toca else "").split(" (")[0],
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def write_readme(path: str, results: list[dict], meta: dict) -> None:
+    with open(path) as f:
+        text = f.read()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{path} has no {README_START} ... {README_END} section to fill")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    with open(path, "w") as f:
+        f.write(f"{head}{README_START}\n{readme_table(results, meta)}\n{README_END}{tail}")
+
+
 def git_commit() -> str:
     try:
         import subprocess
@@ -364,11 +402,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--label", default=None, help="what tokencache version this is (default: its git commit)")
     p.add_argument("--render", metavar="JSON", help="only rewrite the markdown from a saved JSON")
+    p.add_argument("--readme", metavar="PATH", help="also fill the coverage section of this README")
     args = p.parse_args(argv)
     if args.render:
         with open(args.render) as f:
             saved = json.load(f)
         write_markdown(saved["results"], saved["meta"]["modes"], args.out, saved["meta"])
+        if args.readme:
+            write_readme(args.readme, saved["results"], saved["meta"])
         return
 
     torch.set_num_threads(args.threads)
@@ -396,7 +437,9 @@ def main(argv=None):
             write_markdown(results, modes, args.out, meta)
     for r in results:
         print(f"{r['entry']:24s} {r['status']}")
-    print(f"wrote {args.out} and {json_path}")
+    if args.readme:
+        write_readme(args.readme, results, meta)
+    print(f"wrote {args.out} and {json_path}" + (f"; filled the coverage section of {args.readme}" if args.readme else ""))
 
 
 if __name__ == "__main__":
