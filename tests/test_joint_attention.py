@@ -221,3 +221,15 @@ def test_per_query_mask_rows_and_in_place_rope_are_token_wise():
     partial = tokencache.compile(model, policy="toca", ratio=0.25, attention="tokens", num_steps=6, inner="eager")
     assert rel(loop(partial), expected) < 0.2
     assert tokencache.report(partial)["variants"]["partial"]["calls"] > 0
+
+
+def test_attention_only_blocks_under_toca_reuse_say_why():
+    """Blocks with attention only (HiDream's feed-forwards are MoE behind a graph break): under
+    attention="reuse" no region is computed token-wise. The fallback reason used to end in an
+    empty list; it must say which rule took the regions and what to change."""
+    model = MaskedModel().eval()
+    compiled = tokencache.compile(model, policy="toca", num_steps=3, inner="eager")
+    with torch.no_grad(), pytest.warns(UserWarning, match="attention='tokens'"):
+        compiled(torch.randn(2, 12, 16), torch.ones(2, 1, 12, 12, dtype=torch.bool), torch.ones(2))
+    reason = tokencache.report(compiled)["fallback_reason"]
+    assert "blocks.0.attn" in reason and "attention='reuse'" in reason, reason

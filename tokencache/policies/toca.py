@@ -79,6 +79,15 @@ class TocaPolicy:
         _, tokenwise = split_regions(analysis, config)
         if not tokenwise:
             bad = [f"{r.name}: {r.reason}" for r in analysis.regions if not r.token_wise]
+            if not bad:     # all token-local, yet none is computed token-wise: say which rule took them
+                attention = [r.name for r in analysis.regions if r.kind in ("self_attention", "joint_attention")
+                             and r.stream != "context"]
+                text = [r.name for r in analysis.regions if r.stream == "context"]
+                bad = ([f"the attention regions ({', '.join(attention[:3])}{' ...' if len(attention) > 3 else ''}) "
+                        "are reused whole under attention='reuse' (attention='tokens' computes their queries "
+                        "token-wise)"] if attention and config.attention == "reuse" else []) + \
+                      ([f"the text-stream regions ({', '.join(text[:3])}) follow context_tokens="
+                        f"{config.context_tokens!r}"] if text else [])
             return ("token-wise caching needs token-local regions and none is; " + "; ".join(bad[:3])
                     + (" ..." if len(bad) > 3 else "") + " (policy='fora' reuses whole modules)")
         if config.selection_for(self.name) == "vnorm":
