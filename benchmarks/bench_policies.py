@@ -1,8 +1,12 @@
-"""Every tokencache policy at a few settings on the embedded trained DiT: FLOP speed-up, measured
+"""Every tokencache policy at a few settings on a shipped trained model: FLOP speed-up, measured
 speed-up (interleaved against the uncached model, same inner backend), PSNR/SSIM against the
 uncached images, FD_clf against the uncached samples and class accuracy.
 
     python benchmarks/bench_policies.py --samples 100 --steps 50 --rounds 3 --inner inductor
+    python benchmarks/bench_policies.py --model embedded-mmdit --samples 100 --steps 50 --rounds 3
+
+The joint-attention sibling (embedded-mmdit) runs its own set: every policy at two intervals, and
+the token-wise ones (toca, duca, clusca) with the text tokens recomputed and reused.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from datetime import date
 import torch
 from tqdm import tqdm
 
+from tokencache.models import EMBEDDED
 from tokencache.models.classifier import load_classifier
 from tokencache.profiling import metrics
 from tokencache.profiling.profile import run_profile
@@ -37,22 +42,55 @@ SETTINGS = {
 }
 
 
+def _joint_settings() -> dict:
+    """toca under attention="reuse" reuses each joint attention whole, text outputs included, so
+    the text stream feeds nothing in a cached step and context_tokens changes neither output nor
+    FLOPs there: it is compared where the image queries attend to the text keys and values
+    (attention="tokens") and under duca and clusca."""
+    settings = {"fora N=2": dict(policy="fora", interval=2), "fora N=3": dict(policy="fora", interval=3),
+                "taylorseer N=3": dict(policy="taylorseer", interval=3),
+                "taylorseer N=5": dict(policy="taylorseer", interval=5),
+                "toca r=0.25 N=3": dict(policy="toca", interval=3, ratio=0.25),
+                "toca r=0.25 N=5": dict(policy="toca", interval=5, ratio=0.25)}
+    for name, options in {"toca r=0.5 N=3 attn=tokens": dict(policy="toca", interval=3, ratio=0.5, attention="tokens"),
+                          "toca r=0.5 N=5 attn=tokens": dict(policy="toca", interval=5, ratio=0.5, attention="tokens"),
+                          "duca r=0.25 N=3": dict(policy="duca", interval=3, ratio=0.25),
+                          "duca r=0.25 N=5": dict(policy="duca", interval=5, ratio=0.25),
+                          "clusca N=3 K=16": dict(policy="clusca", interval=3, clusters=16),
+                          "clusca N=5 K=16": dict(policy="clusca", interval=5, clusters=16)}.items():
+        for text in ("recompute", "reuse"):
+            settings[f"{name} text={text}"] = dict(options, context_tokens=text)
+    return settings
+
+
+SETTINGS_BY_MODEL = {"embedded": SETTINGS, "embedded-pixart": SETTINGS, "embedded-mmdit": _joint_settings()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--inner", default="inductor", choices=["inductor", "eager"])
+    p.add_argument("--model", default="embedded", choices=list(EMBEDDED))
+    p.add_argument("--only", default="", help="comma-separated setting names (default: all)")
     args = p.parse_args(argv)
-    target = embedded_target(samples=args.samples)
-    with tqdm(total=(1 + len(SETTINGS)) * (1 + args.rounds), desc="profiling") as bar:
-        result = run_profile(target, SETTINGS, steps=args.steps, rounds=args.rounds, inner=args.inner,
+    settings = SETTINGS_BY_MODEL[args.model]
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        unknown = [w for w in wanted if w not in settings]
+        if unknown:
+            p.error(f"unknown setting {unknown[0]!r}; the settings of {args.model}: {', '.join(settings)}")
+        settings = {w: settings[w] for w in wanted}
+    target = embedded_target(samples=args.samples, name=args.model)
+    with tqdm(total=(1 + len(settings)) * (1 + args.rounds), desc="profiling") as bar:
+        result = run_profile(target, settings, steps=args.steps, rounds=args.rounds, inner=args.inner,
                              progress=bar, keep_images=True)
     classifier = load_classifier()
     labels = torch.arange(args.samples) % 10
     images = result.pop("images")
     machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
-    print(f"\n### embedded DiT, {args.samples} samples, {args.steps} steps, inner={args.inner}, {args.rounds} "
+    print(f"\n### {args.model}, {args.samples} samples, {args.steps} steps, inner={args.inner}, {args.rounds} "
           f"interleaved rounds ({date.today()}, {machine})\n")
     print("| setting | FLOP speed-up | measured speed-up | efficiency | PSNR dB | SSIM | FD_clf vs uncached | class acc |")
     print("|---|---|---|---|---|---|---|---|")
@@ -62,7 +100,8 @@ def main(argv=None):
         f = r["fidelity"]
         print(f"| {name} | {r['flop_speedup']:.2f}x | {r['measured_speedup']:.2f}x | {r['efficiency']:.2f} | "
               f"{f['psnr_db']:.2f} | {f['ssim']:.4f} | {r['fd_clf_vs_uncached']:.2f} | {r['class_accuracy']:.3f} |")
-    out = os.path.join(os.path.dirname(__file__), "results", "policies_embedded.json")
+    suffix = "" if args.model == "embedded" else "_" + args.model.split("-", 1)[1]
+    out = os.path.join(os.path.dirname(__file__), "results", f"policies_embedded{suffix}.json")
     with open(out, "w") as fh:
         json.dump(dict(result, machine=machine, date=str(date.today())), fh, indent=1, default=str)
 

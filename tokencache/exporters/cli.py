@@ -15,7 +15,7 @@ from .tensorrt import PRECISIONS
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
     exp = subparsers.add_parser("export", help="ONNX bundle (+ TensorRT engines) of every graph variant, with manifest")
     exp.add_argument("--model", default="embedded",
-                     help="embedded (default), embedded-pixart, dit-s, pixart-1k, or package.module:factory")
+                     help="embedded (default), embedded-pixart, embedded-mmdit, dit-s, pixart-1k, or package.module:factory")
     exp.add_argument("--policy", choices=POLICIES, default="toca")
     exp.add_argument("--interval", type=_positive_int, default=3)
     exp.add_argument("--ratio", type=_ratio, default=0.25)

@@ -59,14 +59,15 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-3, 3) + 3) / 6)
 
 
-def embedded_target(samples: int = 8, guidance: float = 2.0, seed: int = 0, arch: str = "dit") -> Target:
-    """The shipped Fashion-MNIST model (arch "dit", or its cross-attention sibling "pixart")."""
+def embedded_target(samples: int = 8, guidance: float = 2.0, seed: int = 0, name: str = "embedded") -> Target:
+    """A shipped Fashion-MNIST model (tokencache.models.EMBEDDED: the DiT, or its cross-attention or
+    joint-attention sibling)."""
+    from ..models import load_embedded
     from ..models.data import to_image_space
-    from ..models.fashion_dit import NULL_LABEL, load_default_model
-    from ..models.fashion_pixart import load_pixart_model
+    from ..models.fashion_dit import NULL_LABEL
     from ..models.sampling import make_noise
 
-    model = load_default_model() if arch == "dit" else load_pixart_model()
+    model = load_embedded(name)
     labels = torch.arange(samples) % 10
     noise = make_noise(samples, seed)
 
@@ -82,7 +83,7 @@ def embedded_target(samples: int = 8, guidance: float = 2.0, seed: int = 0, arch
         cond, uncond = v.chunk(2)
         state["x"] = x + (sigmas[i + 1] - sigmas[i]) * (uncond + guidance * (cond - uncond))
 
-    return Target("embedded" if arch == "dit" else "embedded-pixart", model, init, step,
+    return Target(name, model, init, step,
                   lambda state: to_image_space(state["x"]))
 
 
@@ -110,7 +111,8 @@ def pixart_1k_target(batch: int = 2) -> Target:
     return _euler_target("pixart-1k", model, inputs, "hidden_states", "timestep")
 
 
-BUILT_IN = {"embedded": embedded_target, "embedded-pixart": lambda: embedded_target(arch="pixart"),
+BUILT_IN = {"embedded": embedded_target, "embedded-pixart": lambda: embedded_target(name="embedded-pixart"),
+            "embedded-mmdit": lambda: embedded_target(name="embedded-mmdit"),
             "dit-s": dit_s_target, "pixart-1k": pixart_1k_target}
 
 
