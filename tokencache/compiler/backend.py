@@ -17,6 +17,7 @@ import weakref
 import torch
 import torch.fx as fx
 
+from ..compat import backend_failure_cause, cache_entry_count, current_dispatch_mode, original_module, recompile_limit
 from ..config import CacheConfig
 from ..errors import TokenCacheError
 from ..passes.dead_chunks import drop_dead_chunks
@@ -39,7 +40,7 @@ class CompileHandle:
 
     def __init__(self, config: CacheConfig, model):
         self.config = config
-        self._module = weakref.ref(getattr(model, "_orig_mod", model))
+        self._module = weakref.ref(original_module(model))
         self.eager_calls = 0
         self.eager_reason: str | None = None
         self._lock = threading.Lock()
@@ -51,9 +52,10 @@ class CompileHandle:
             before = runtime_calls()
             try:
                 out = forward(*args, **kwargs)
-            except torch._dynamo.exc.BackendCompilerFailed as e:
-                if isinstance(e.inner_exception, (TokenCacheError, ValueError)):
-                    raise e.inner_exception from None
+            except Exception as e:
+                cause = backend_failure_cause(e)
+                if isinstance(cause, (TokenCacheError, ValueError)):
+                    raise cause from None
                 raise
             if runtime_calls() == before:
                 self._ran_eagerly()
@@ -71,20 +73,15 @@ class CompileHandle:
 
 def eager_reason(module) -> str:
     """Why Dynamo ran a call of `module` eagerly, as far as can be told from outside."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    limit = torch._dynamo.config.recompile_limit
-    try:
-        entries = len(torch._C._dynamo.eval_frame._debug_get_cache_entry_list(type(module).forward.__code__))
-    except (AttributeError, TypeError):
-        entries = 0
+    limit = recompile_limit()
+    entries = cache_entry_count(type(module).forward.__code__)
     name = f"{type(module).__name__}.forward"
     if entries >= limit:
         return (f"Dynamo reached its recompile limit ({limit} graphs) for {name} and runs it eagerly from now on "
                 "(compilations with other options, input shapes or dtypes each take one; "
                 "raise torch._dynamo.config.recompile_limit, or call torch._dynamo.reset())")
-    if _get_current_dispatch_mode() is not None:
-        return f"a TorchDispatchMode ({type(_get_current_dispatch_mode()).__name__}) was active; Dynamo runs such calls eagerly"
+    if (mode := current_dispatch_mode()) is not None:
+        return f"a TorchDispatchMode ({type(mode).__name__}) was active; Dynamo runs such calls eagerly"
     return (f"Dynamo ran {name} without compiling it (torch._dynamo.disable, a skipped frame, "
             "or an error suppressed by torch._dynamo.config.suppress_errors)")
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import threading
 
-import torch
 import torch.fx as fx
+
+from ..compat import dynamo_compile_id, dynamo_counter, graph_end_reason, traced_code
 
 _COUNTERS = ("graph_break", "unimplemented")   # where Dynamo counts its break explanations
 _SEEN: dict[str, dict] = {name: {} for name in _COUNTERS}   # those counters at the previous backend call
@@ -25,12 +26,10 @@ def _new_break_messages() -> list[str]:
     """Graph-break explanations Dynamo counted since the previous backend call (its counter keys
     carry the full text: "Data-dependent branching\\n  Explanation: ..."; a break Dynamo handles
     by restarting the frame, such as `.item()` in a loop, counts as "unimplemented")."""
-    from torch._dynamo.utils import counters
-
     found = []
     with _LOCK:
         for name in _COUNTERS:
-            now = dict(counters[name])
+            now = dynamo_counter(name)
             before = _SEEN[name]
             _SEEN[name] = now
             found += [k for k, v in now.items() if v > before.get(k, 0) and k not in found]
@@ -56,13 +55,11 @@ def _is_entry(code) -> bool | None:
 
 def describe(gm: fx.GraphModule) -> dict:
     """JSON-serialisable facts about the capture of `gm` (empty values where Dynamo says nothing)."""
-    compile_id = gm.meta.get("dynamo_compile_id") or torch._guards.CompileContext.current_compile_id()
+    compile_id = dynamo_compile_id(gm)
     frame_id = getattr(compile_id, "frame_id", None)
     recompile = getattr(compile_id, "frame_compile_id", None)
-    context = torch._guards.TracingContext.try_get()
-    codes = getattr(context, "traced_code", None) if context is not None else None
-    code = codes[0] if codes else None
-    reason = getattr(gm, "compile_subgraph_reason", None)
+    code = traced_code()
+    reason = graph_end_reason(gm)
     messages = _new_break_messages()
     info = {
         "entry": _is_entry(code),

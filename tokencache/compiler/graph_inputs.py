@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from ..compat import placeholder_source
+
 _ARG = re.compile(r"^L\['([^']+)'\]")
 _KEY = re.compile(r"\['([^']+)'\]|\[(\d+)\]")
 
@@ -29,13 +31,6 @@ class GraphInput:
     kind: str           # "user" | "param"
     name: str           # user: argument path ("timestep", "added_cond_kwargs.resolution"); param: source
     constant: bool = False   # a lifted tensor that is neither a parameter nor a buffer (RoPE table, global)
-
-
-def placeholder_source(node: fx.Node) -> str | None:
-    source = getattr(node, "_dynamo_source", None)
-    if source is None and "grapharg" in node.meta:
-        source = getattr(node.meta["grapharg"], "source", None)
-    return None if source is None else source.name
 
 
 def classify_inputs(gm: fx.GraphModule) -> list[GraphInput]:

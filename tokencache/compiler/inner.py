@@ -63,10 +63,7 @@ def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_po
     if inner == "eager":
         return gm
     if inner in ("inductor", "cudagraphs"):
-        # compile_fx directly, not a nested torch.compile: nested compiles count against
-        # Dynamo's recompile limit and would show up as recompiles of the user's model.
-        from torch._inductor.compile_fx import compile_fx
-
+        from ..compat import compile_fx   # not a nested torch.compile (see there)
         from ..passes.graph_edit import copy_module
         from ..passes.inplace_cache import inplace_cache
         from ..passes.onednn_linear import onednn_linear

@@ -17,12 +17,11 @@ tie). Regions of the text stream elsewhere in the block (its feed-forward) are m
 from __future__ import annotations
 
 import math
-
-import re
 from dataclasses import dataclass, field
 
 import torch.fx as fx
 
+from ..compat import call_index, module_path
 from .blocks import child_of, find_blocks
 from .blocks import inside as in_block
 from .token_axis import CONTEXT, IMAGE, SDPA, NotTokenLocal, PathInfo, op_name, propagate, shape_of, total
@@ -79,31 +78,6 @@ class Analysis:
     rejected: list[tuple[str, str]]     # (module path, why it is not a region)
     block_outputs: dict[str, str] = field(default_factory=dict)  # block -> the one (B, N, C) tensor leaving it
     block_tokens: dict[str, int] = field(default_factory=dict)   # block -> the token count of that tensor
-
-
-def module_path(node: fx.Node) -> str:
-    """Normalised path of the innermost module a node was traced in ('' at top level)."""
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    return _normalise(list(stack.values())[-1][0])
-
-
-def call_index(node: fx.Node, path: str) -> int:
-    """Which call of module `path` a node was traced in: Dynamo keys the second call of one module
-    (CogView 4 runs its `ff` on the image and then on the text stream) '<id>@1', and so on."""
-    for key, (raw, _) in (node.meta.get("nn_module_stack") or {}).items():
-        if _normalise(raw) == path:
-            return int(key.rsplit("@", 1)[1]) if "@" in key else 0
-    return 0
-
-
-def _normalise(raw: str) -> str:
-    raw = raw.replace("L['self']", "", 1)
-    raw = re.sub(r"\.__dict__\['_modules'\]\['([^']+)'\]", r".\1", raw)
-    raw = re.sub(r"\._modules\['([^']+)'\]", r".\1", raw)
-    raw = re.sub(r"\['([^']+)'\]", r".\1", raw)
-    return raw.strip(".")
 
 
 def analyse(gm: fx.GraphModule) -> Analysis:

@@ -26,6 +26,8 @@ import torch
 import torch.fx as fx
 from torch.fx.node import map_arg
 
+from ..compat import copy_placeholder_source, fake_tensor_mode
+
 _SCALARS = (torch.SymInt, torch.SymFloat, torch.SymBool)
 
 
@@ -87,8 +89,6 @@ def specialise(gm: fx.GraphModule, args: list) -> fx.GraphModule:
     `example_value`, integer computations on sizes folded into literals (so passes see literal
     reshape sizes), placeholders (and their Dynamo sources) unchanged. Scalars that come from
     float inputs stay computed at run time."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     graph = fx.Graph()
     mapping: dict[fx.Node, fx.Node] = {}
     out = graph.graph_copy(gm.graph, mapping)
@@ -96,11 +96,9 @@ def specialise(gm: fx.GraphModule, args: list) -> fx.GraphModule:
     static = fx.GraphModule(gm, graph)
     for old, new in mapping.items():
         if old.op == "placeholder":
-            new._dynamo_source = getattr(old, "_dynamo_source", None)
-            if "grapharg" in old.meta:
-                new.meta["grapharg"] = old.meta["grapharg"]
+            copy_placeholder_source(old, new)
     values: dict[fx.Node, object] = {}
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    mode = fake_tensor_mode()
     fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
     with mode, torch.no_grad():
         _Propagate(static, values).run(*fake)

@@ -14,6 +14,7 @@ import re
 
 import torch
 
+from ..compat import frame_guards, original_module, traced_code
 from .graph_inputs import GraphInput
 
 AUTO_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas")
@@ -24,7 +25,7 @@ def check_timestep_input(model, wanted: str) -> None:
     """ValueError when `timestep_input` names no argument of the model's forward()."""
     if wanted == "auto":
         return
-    module = getattr(model, "_orig_mod", model)
+    module = original_module(model)
     forward = getattr(module, "forward", None)
     try:
         parameters = inspect.signature(forward).parameters
@@ -63,13 +64,9 @@ def _argument_name(name: str) -> str:
 def constant_locals() -> dict[str, str]:
     """Arguments of the frame being compiled that Dynamo specialised as Python constants (guard
     name -> guard kind); empty outside a Dynamo compilation."""
-    context = torch._guards.TracingContext.try_get()
-    if context is None:
-        return {}
     found = {}
-    for guard in context.guards_context.dynamo_guards:
-        match = _LOCAL.match(guard.name)
-        kind = guard.create_fn_name()
+    for name, kind in frame_guards():
+        match = _LOCAL.match(name)
         if match and kind in ("CONSTANT_MATCH", "EQUALS_MATCH"):
             found[match.group(1)] = kind
     return found
@@ -77,11 +74,9 @@ def constant_locals() -> dict[str, str]:
 
 def frame_arguments() -> list[str] | None:
     """Argument names of the frame being compiled (None if unknown)."""
-    context = torch._guards.TracingContext.try_get()
-    codes = getattr(context, "traced_code", None) if context is not None else None
-    if not codes:
+    code = traced_code()
+    if code is None:
         return None
-    code = codes[0]
     if code.co_name.startswith("torch_dynamo_resume_in"):      # after a graph break: live locals only
         return None
     return list(code.co_varnames[:code.co_argcount + code.co_kwonlyargcount])

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import operator
 
-import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from ..compat import LINEAR_TARGETS
 from ..compiler.token_axis import op_name, shape_of
 from .graph_edit import copy_module, finish
 
-_LINEARS = {F.linear, torch._C._nn.linear}
+_LINEARS = set(LINEAR_TARGETS)
 
 
 def drop_dead_chunks(gm: fx.GraphModule) -> fx.GraphModule:

@@ -11,6 +11,8 @@ import re
 
 import torch.fx as fx
 
+from ..compat import mark_sourceless
+
 
 def copy_module(gm: fx.GraphModule) -> fx.GraphModule:
     """A structural copy that keeps node names and (shallow-copied) meta, without deep-copying
@@ -20,8 +22,8 @@ def copy_module(gm: fx.GraphModule) -> fx.GraphModule:
     graph.output(out)
     new = fx.GraphModule(gm, graph)
     for node in new.graph.nodes:
-        if node.op == "placeholder" and not hasattr(node, "_dynamo_source"):
-            node._dynamo_source = None   # compile_fx expects the attribute on every placeholder
+        if node.op == "placeholder":
+            mark_sourceless(node, only_if_missing=True)   # compile_fx reads a source on every placeholder
     info = gm.meta.get("tokencache", {})
     new.meta["tokencache"] = {"num_outputs": info.get("num_outputs", len(outputs_of(gm))),
                               "state_in": list(info.get("state_in", [])),
@@ -54,7 +56,7 @@ def add_state_input(gm: fx.GraphModule, key: str, init: tuple | None = None) -> 
     last = placeholders[-1 - hosts]            # state placeholders stay in front of host inputs
     with gm.graph.inserting_after(last):
         node = gm.graph.placeholder(state_name(key))
-    node._dynamo_source = None
+    mark_sourceless(node)
     gm.meta["tokencache"]["state_in"].append(key)
     if init is not None:
         gm.meta["tokencache"]["state_init"][key] = init
@@ -67,7 +69,7 @@ def add_host_input(gm: fx.GraphModule, name: str) -> fx.Node:
     last = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
     with gm.graph.inserting_after(last):
         node = gm.graph.placeholder(f"host_{name}")
-    node._dynamo_source = None
+    mark_sourceless(node)
     gm.meta["tokencache"]["host_in"].append(name)
     return node
 

@@ -31,6 +31,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from .. import compat
 from ..runtime.packed_weights import PACKED
 from .graph_edit import copy_module
 
@@ -47,7 +48,7 @@ def _linear(x, weight, bias, post_op, algorithm, packed: bool):
         out = out.t().contiguous().reshape(*x.shape[:-1], weight.shape[0])
         return F.gelu(out, approximate=algorithm or "none") if post_op == "gelu" else out
     weight = PACKED.get(weight, rows) if packed else weight.contiguous()
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, post_op, [], algorithm)
+    return compat.onednn_linear(x.contiguous(), weight, bias, post_op, algorithm)
 
 
 def _linear_meta(x, weight, bias, post_op, algorithm):
@@ -65,7 +66,7 @@ GELU = (F.gelu, torch.ops.aten.gelu.default)
 
 
 def onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return compat.onednn_linear_available()
 
 
 def onednn_linear(gm: fx.GraphModule, packed: bool = False) -> fx.GraphModule:

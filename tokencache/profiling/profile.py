@@ -16,6 +16,7 @@ import torch
 
 import tokencache
 
+from ..compat import recompile_limits
 from . import metrics
 from .targets import Target
 from .timing import interleaved, median_ratio, per_variant, step_times
@@ -53,7 +54,7 @@ def run_profile(target: Target, settings: dict[str, dict], steps: int = 20, roun
     # every setting is another torch.compile of the same forward(): keep Dynamo from giving up
     # after its default 8 compiles of one function and silently running the rest eagerly
     limit = 4 * (len(settings) + 1) + 8
-    with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=max(256, limit)):
+    with recompile_limits(limit, accumulated=max(256, limit)):
         return _run_profile(target, settings, steps, rounds, inner, trace, progress, keep_images)
 
 

@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from ..compat import original_module
+
 _ACTIVE: contextvars.ContextVar[tuple] = contextvars.ContextVar("tokencache_generation", default=())
 
 
@@ -29,7 +31,7 @@ class Generation:
                                                           or steps < 1):
             raise ValueError(f"tokencache.generation: steps must be an integer >= 1, got {steps!r}")
         self._ids = None
-        if model is not None and not isinstance(getattr(model, "_orig_mod", model), torch.nn.Module):
+        if model is not None and not isinstance(original_module(model), torch.nn.Module):
             self._ids = {id(model)}              # a bundle runner
         elif model is not None:
             from .registry import module_of

@@ -35,10 +35,9 @@ _INTERNAL = ("last_call", "_runtime")
 def outside_flops(runtime) -> Counter:
     """FLOPs of one uncached call of a graph that lie outside its cached regions, by module
     (up to three path components), counted on fake tensors like CacheRuntime.variant_flops."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..compiler.regions import module_path
+    from ..compat import fake_tensor_mode, module_path
     from .runtime import ExampleSpec
 
     regions = [r["region"] for r in runtime.report_base.get("regions") or []]
@@ -58,7 +57,7 @@ def outside_flops(runtime) -> Counter:
                     found[".".join(path.split(".")[:3]) or "(top level)"] += flops
             return result
 
-    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+    with torch.no_grad(), fake_tensor_mode():
         example = [spec.empty() if isinstance(spec, ExampleSpec) else spec for spec in runtime.examples]
         Count(runtime.variants[name]).run(*runtime.assemble(name, example, {}, 0, [0]))
     return found

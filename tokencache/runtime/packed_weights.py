@@ -28,6 +28,8 @@ from typing import Iterable
 
 import torch
 
+from ..compat import onednn_pack_linear_weight, tensor_version
+
 
 class PackedWeights:
     def __init__(self):
@@ -39,12 +41,12 @@ class PackedWeights:
         """The packed copy of `weight` (out_features, in_features); `rows`: a row count it will
         multiply, which oneDNN takes as a hint for the layout."""
         entry = self._entry(weight)
-        if entry is not None and entry[1] == weight._version and entry[2] == weight.data_ptr():
+        if entry is not None and entry[1] == tensor_version(weight) and entry[2] == weight.data_ptr():
             return entry[3]
         key = id(weight)
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
+        packed = onednn_pack_linear_weight(weight.detach().contiguous(), rows)
         self._entries[key] = (weakref.ref(weight, lambda _ref, key=key: self._forget(key, _ref)),
-                              weight._version, weight.data_ptr(), packed, fingerprint(weight))
+                              tensor_version(weight), weight.data_ptr(), packed, fingerprint(weight))
         self.packs += 1
         return packed
 

@@ -12,6 +12,8 @@ import weakref
 
 import torch
 
+from ..compat import original_module
+
 _ENTRIES: list[tuple[weakref.ref, weakref.ref, list[weakref.ref]]] = []   # (runtime, entry, params)
 
 
@@ -23,7 +25,7 @@ def register(runtime, entry, params: list[torch.Tensor]) -> None:
 
 def module_of(model) -> torch.nn.Module:
     """The nn.Module behind a torch.compile'd model (or the module itself)."""
-    module = getattr(model, "_orig_mod", model)
+    module = original_module(model)
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"expected the torch.compile'd model or its module, got {type(model).__name__}")
     return module

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from ..compat import fake_tensor_mode
 from ..compiler.graph_inputs import GraphInput
 from ..compiler.inner import compile_variant, cpu_matmul_for
 from ..config import CacheConfig
@@ -290,13 +291,12 @@ class CacheRuntime:
         """FLOPs of one call of each variant, counted on fake tensors of the captured shapes,
         dtypes and devices (no memory, no compute, whatever dtype or device the model has moved to
         since), in schedule order so that every variant sees state of the right shapes."""
-        from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.utils.flop_counter import FlopCounterMode
 
         state: dict[str, torch.Tensor] = {}
         flops: dict[str, int] = {}
         fresh_steps: list[int] = []
-        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        with torch.no_grad(), fake_tensor_mode():
             example = [spec.empty() if isinstance(spec, ExampleSpec) else spec for spec in self.examples]
             for step, name in enumerate(self.schedule):
                 if name in flops:

@@ -39,11 +39,10 @@ import sys
 import weakref
 from dataclasses import dataclass
 
-import torch
-
+from ..compat import eval_frame_file, wrapped_module
 from .clock import StepClock, Tick
 
-_EVAL_FRAME = torch._dynamo.eval_frame.__file__
+_EVAL_FRAME = eval_frame_file()
 _LINKS: contextvars.ContextVar[dict] = contextvars.ContextVar("tokencache_step_links", default={})
 _MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # session -> weakref(model) | None
 _STARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> call sequence of its latest generation start
@@ -72,7 +71,7 @@ def calling_model():
         frame = frame.f_back
     if outer is None:
         return None
-    return getattr(outer.f_locals.get("self"), "_orig_mod", None)
+    return wrapped_module(outer.f_locals.get("self"))
 
 
 def model_of(session):
