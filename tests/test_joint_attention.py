@@ -26,6 +26,15 @@ def run(model, entry, steps=6, **options):
     return out, tokencache.report(compiled)
 
 
+def _euler(model, x0, *conditions, steps=6):
+    """x <- x - 0.1 * model(x, *conditions, t) with t descending 1 -> 1/steps, under no_grad."""
+    x = x0
+    with torch.no_grad():
+        for i in range(steps):
+            x = x - 0.1 * model(x, *conditions, torch.full((x0.shape[0],), 1.0 - i / steps))
+    return x
+
+
 def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
@@ -135,11 +144,7 @@ def test_hand_written_joint_attention_exact_with_rope_and_split():
     x0 = torch.randn(2, 12, 16)
 
     def loop(m):
-        x = x0
-        with torch.no_grad():
-            for i in range(6):
-                x = x - 0.1 * m(x, text, torch.full((2,), 1.0 - i / 6))
-        return x
+        return _euler(m, x0, text)
 
     expected = loop(model)
     for context in ("recompute", "reuse"):
@@ -206,11 +211,7 @@ def test_per_query_mask_rows_and_in_place_rope_are_token_wise():
     mask[..., 0] = True                                   # every query sees at least one key
 
     def loop(m):
-        x = x0
-        with torch.no_grad():
-            for i in range(6):
-                x = x - 0.1 * m(x, mask, torch.full((2,), 1.0 - i / 6))
-        return x
+        return _euler(m, x0, mask)
 
     expected = loop(model)
     compiled = tokencache.compile(model, policy="toca", ratio=1.0, attention="tokens", num_steps=6, inner="eager")
