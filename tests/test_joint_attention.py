@@ -234,3 +234,19 @@ def test_attention_only_blocks_under_toca_reuse_say_why():
         compiled(torch.randn(2, 12, 16), torch.ones(2, 1, 12, 12, dtype=torch.bool), torch.ones(2))
     reason = tokencache.report(compiled)["fallback_reason"]
     assert "blocks.0.attn" in reason and "attention='reuse'" in reason, reason
+
+
+def test_a_submodule_called_by_the_block_itself_is_its_own_region():
+    """LuminaNextDiT's block runs `attn2.to_out[0]` itself on the sum of both attentions: that call
+    is not part of attn2's forward. It used to be merged into attn2's region ("2 values leave the
+    module"), which stopped caching of the whole model."""
+    entry = ENTRIES["LuminaNextDiT"]
+    compiled = torch.compile(entry.build(), backend="tokencache", dynamic=False,
+                             options=dict(policy="fora", num_steps=3, inner="eager"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        denoise(compiled, entry, 3)
+    report = tokencache.report(compiled)
+    names = {r["region"] for r in report["regions"]}
+    assert report["fallback_reason"] is None and report["flop_fraction"] < 0.9
+    assert {"layers.0.attn2", "layers.0.attn2.to_out.0"} <= names, names

@@ -78,15 +78,6 @@ def module_path(node: fx.Node) -> str:
     return normalise_module_path(list(stack.values())[-1][0])
 
 
-def call_index(node: fx.Node, path: str) -> int:
-    """Which call of module `path` a node was traced in: Dynamo keys the second call of one module
-    (CogView 4 runs its `ff` on the image and then on the text stream) '<id>@1', and so on."""
-    for key, normalised in module_stack(node):
-        if normalised == path:
-            return int(key.rsplit("@", 1)[1]) if "@" in key else 0
-    return 0
-
-
 def normalise_module_path(raw: str) -> str:
     """`L['self'].__dict__['_modules']['transformer_blocks'].0.attn1` -> `transformer_blocks.0.attn1`."""
     raw = raw.replace("L['self']", "", 1)

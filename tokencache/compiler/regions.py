@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch.fx as fx
 
-from ..compat import call_index, module_path
+from ..compat import module_path, module_stack
 from .blocks import child_of, find_blocks
 from .blocks import inside as in_block
 from .token_axis import CONTEXT, IMAGE, SDPA, NotTokenLocal, PathInfo, op_name, propagate, shape_of, total
@@ -89,10 +89,9 @@ def analyse(gm: fx.GraphModule) -> Analysis:
         children: dict[str, list[fx.Node]] = {}
         inside = {n.name for n in nodes if in_block(paths[n.name], block)}
         for n in nodes:
-            child = child_of(paths[n.name], block)
-            if child is not None:
-                call = call_index(n, child)
-                children.setdefault(f"{child}@{call}" if call else child, []).append(n)
+            call = _module_call(n, paths[n.name], block)
+            if call is not None:
+                children.setdefault(call, []).append(n)
         for child, members in children.items():
             if not any(op_name(n) in _COMPUTE for n in members):
                 continue  # norms, modulation, activations: not worth caching on their own
@@ -107,6 +106,22 @@ def analyse(gm: fx.GraphModule) -> Analysis:
     return Analysis(blocks=[b for b in blocks if any(r.block == b for r in regions)] or blocks,
                     regions=regions, rejected=rejected, block_outputs=outputs,
                     block_tokens={b: shape_of(by_name[o])[1] for b, o in outputs.items()})
+
+
+def _module_call(node: fx.Node, path: str, block: str) -> str | None:
+    """The module call inside `block` that a node was traced in: normally the block's direct child
+    (`attn1`); a second call of one module is `<child>@1` (CogView 4 runs its `ff` on the image,
+    then on the text stream: Dynamo keys that call '<id>@1'); a submodule the block calls itself,
+    outside its parent's forward, is its own call (LuminaNextDiT's block runs `attn2.to_out.0`
+    on both attentions' sum). None: the block's own level."""
+    child = child_of(path, block)
+    if child is None:
+        return None
+    for key, module in module_stack(node):               # outermost first
+        if module == child or module.startswith(child + "."):
+            call = int(key.rsplit("@", 1)[1]) if "@" in key else 0
+            return f"{module}@{call}" if call else module
+    return child
 
 
 def _mark_context_stream(regions: list[Region], nodes: list[fx.Node]) -> None:
