@@ -50,8 +50,7 @@ def _joint_settings() -> dict:
     settings = {"fora N=2": dict(policy="fora", interval=2), "fora N=3": dict(policy="fora", interval=3),
                 "taylorseer N=3": dict(policy="taylorseer", interval=3),
                 "taylorseer N=5": dict(policy="taylorseer", interval=5),
-                "toca r=0.25 N=3": dict(policy="toca", interval=3, ratio=0.25),
-                "toca r=0.25 N=5": dict(policy="toca", interval=5, ratio=0.25)}
+                "toca r=0.25 N=3": dict(policy="toca", interval=3, ratio=0.25)}   # the defaults
     for name, options in {"toca r=0.5 N=3 attn=tokens": dict(policy="toca", interval=3, ratio=0.5, attention="tokens"),
                           "toca r=0.5 N=5 attn=tokens": dict(policy="toca", interval=5, ratio=0.5, attention="tokens"),
                           "duca r=0.25 N=3": dict(policy="duca", interval=3, ratio=0.25),
