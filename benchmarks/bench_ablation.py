@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 import tokencache
 import tokencache.passes.inplace_cache as inplace_module
+import tokencache.ops.linear as linear_ops
 import tokencache.passes.onednn_linear as onednn_module
 from tokencache.passes.graph_edit import node_by_name
 from tokencache.models.reference_dit import ReferenceDiT
@@ -59,7 +60,7 @@ def patched(module, name, value):
 ABLATIONS = {
     "default": ({}, contextlib.nullcontext, contextlib.nullcontext),
     "no GELU fusion": ({}, lambda: patched(onednn_module, "GELU", ()), contextlib.nullcontext),
-    "no W @ x^T": ({}, contextlib.nullcontext, lambda: patched(onednn_module, "SMALL_ROWS", (1, 0))),
+    "no W @ x^T": ({}, contextlib.nullcontext, lambda: patched(linear_ops, "SMALL_ROWS", (1, 0))),
     "no in-place": ({}, lambda: patched(inplace_module, "inplace_cache", lambda gm: gm), contextlib.nullcontext),
     "no early gather": ({}, lambda: patched(partial_module, "row_prelude",
                                             lambda gm, region, created: (node_by_name(gm, region.input), {})),

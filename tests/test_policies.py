@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import tokencache
-from tokencache.passes import token_ops
+from tokencache.ops import token_ops
 from tokencache.policies.taylorseer import host_taylor_inputs
 from tiny_models import ALL_CASES, generate, noise, rel_err
 
@@ -209,7 +209,7 @@ def _same_partition(a, b):
 
 
 def test_kmeans_recovers_separable_clusters_and_warm_start_is_stable():
-    from tokencache.passes.cluster_ops import kmeans
+    from tokencache.ops.cluster_ops import kmeans
     x, truth = _blobs()
     labels, centroids = kmeans(x, torch.zeros(1, 4, 8), iterations=10)
     assert _same_partition(labels[0], truth)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tokencache.compiler.regions import analyse, module_path
-from tokencache.passes import token_ops
+from tokencache.ops import token_ops
 from tiny_models import ALL_CASES, noise
 
 
@@ -323,7 +323,7 @@ def test_inplace_cache_only_where_no_output_is_the_cache(returns_cache_view):
     a view of it (a caller keeping outputs would see them change)."""
     import torch.fx as fx
 
-    from tokencache.passes import token_ops
+    from tokencache.ops import token_ops
     from tokencache.passes.inplace_cache import inplace_cache
 
     graph = fx.Graph()

@@ -52,7 +52,7 @@ class CacheConfig:
                  BENCHMARKS.md).
     strict:      raise instead of warning and falling back to the uncached model.
     staleness_weight, dynamics_weight, spatial_bonus, spatial_grid: the token score (see
-                 passes/token_ops.py): dynamics + staleness, then a bonus for the best token of
+                 ops/token_ops.py): dynamics + staleness, then a bonus for the best token of
                  every grid cell so that recomputed tokens spread over the image.
     cfg_shared_tokens: both halves of an even batch ([cond; uncond]) pick the same tokens.
     selection:   token selection in token-wise steps: "score" (above), "random" (in-graph seeded

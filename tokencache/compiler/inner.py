@@ -39,7 +39,7 @@ def cpu_matmul_for(example_args: list, inner: str, setting: str = "auto", weight
     tensors = [a for a in example_args if isinstance(a, torch.Tensor)]
     if any(t.device.type != "cpu" for t in tensors):
         return None
-    from ..passes.onednn_linear import onednn_available
+    from ..ops.linear import onednn_available
     if setting.startswith("onednn") and not onednn_available():
         raise RuntimeError(f"tokencache: cpu_matmul={setting!r} but this torch build has no oneDNN (mkldnn) "
                            "linear kernels; use cpu_matmul='aten' or 'auto'")

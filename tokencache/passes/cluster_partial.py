@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..compiler.regions import Region
-from . import cluster_ops, token_ops
+from ..ops import cluster_ops, token_ops
 from .cluster_store import LABELS, RNG
 from .forecast import forecast
 from .graph_edit import add_state_input, add_state_outputs, finish, node_by_name, replace_uses_outside

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from . import cluster_ops, token_ops
+from ..ops import cluster_ops, token_ops
 from .graph_edit import add_state_input, add_state_outputs, copy_module, finish, node_by_name
 
 LABELS, CENTROIDS, RNG = "clusters:labels", "clusters:centroids", "rng:clusters"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..compiler.regions import Region
-from . import token_ops
+from ..ops import token_ops
 from .graph_edit import add_state_outputs, copy_module, finish, node_by_name
 
 

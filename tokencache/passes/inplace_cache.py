@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..compiler.token_axis import op_name
-from . import token_ops
+from ..ops import token_ops
 from .graph_edit import copy_module, outputs_of, wiring
 
 _VIEWS = {"view", "reshape", "permute", "transpose", "contiguous", "unsqueeze", "squeeze", "flatten",

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from ..compiler.token_axis import CONTEXT, IMAGE, NotTokenLocal, propagate, shape_of, size_arg_positions, total
 from ..config import CacheConfig
-from . import token_ops
+from ..ops import token_ops
 from .graph_edit import add_state_input, add_state_outputs, copy_module, finish, node_by_name, replace_uses_outside
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..compiler.regions import Region
-from . import token_ops
+from ..ops import token_ops
 from .graph_edit import add_host_input, add_state_input, add_state_outputs, copy_module, finish, node_by_name
 
 
