@@ -1,7 +1,9 @@
-"""Quality of the shipped embedded DiT: class accuracy and FD_clf of N generated samples, next to the
-real-data floor (FD_clf of N real training images against the test set).
+"""Quality of a shipped model (the embedded DiT by default, or a sibling with --model): class accuracy
+and FD_clf of N generated samples, next to the real-data floor (FD_clf of N real training images
+against the test set).
 
     python benchmarks/eval_embedded.py --samples 1000 --steps 50
+    python benchmarks/eval_embedded.py --model embedded-mmdit --samples 1000 --steps 50
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from tqdm import tqdm
 
 from tokencache.models.classifier import accuracy, load_classifier
 from tokencache.models.data import load, to_image_space
-from tokencache.models.fashion_dit import load_default_model
+from tokencache.models import EMBEDDED, load_embedded
 from tokencache.models.sampling import DEFAULT_GUIDANCE, make_noise, sample
 from tokencache.profiling.metrics import class_accuracy, classifier_features, frechet_distance
 
@@ -29,9 +31,10 @@ def main(argv=None):
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--model", default="embedded", choices=list(EMBEDDED))
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    model, clf = load_default_model(), load_classifier()
+    model, clf = load_embedded(args.model), load_classifier()
     noise = make_noise(args.samples, args.seed)
     labels = torch.arange(args.samples) % 10
     start = time.time()
@@ -44,7 +47,7 @@ def main(argv=None):
     train_x, _ = load("train")
     pick = np.random.default_rng(0).choice(len(train_x), args.samples, replace=False)
     result = {
-        "samples": args.samples, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+        "model": args.model, "samples": args.samples, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
         "class_accuracy": class_accuracy(clf, images, labels),
         "fd_clf_vs_test": frechet_distance(classifier_features(clf, images), real_test),
         "fd_clf_real_floor": frechet_distance(classifier_features(clf, to_image_space(train_x[pick])), real_test),
@@ -53,7 +56,8 @@ def main(argv=None):
     }
     print(json.dumps(result, indent=1))
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "embedded_quality.json"), "w") as f:
+    name = "embedded_quality.json" if args.model == "embedded" else f"{args.model.replace('-', '_')}_quality.json"
+    with open(os.path.join(os.path.dirname(__file__), "results", name), "w") as f:
         json.dump(result, f, indent=1)
 
 
