@@ -17,14 +17,14 @@ and one switched on:
   dict-tag guards  torch._dynamo.config.use_recursive_dict_tags_for_guards=True while compiling:
                    Dynamo skips the guards of module subtrees whose dicts did not change (a
                    user-side Dynamo setting, not something the backend can choose)
-The switches patch module globals for the benchmark only.
+The first four are tokencache.switches (pipeline passes, and choices inside passes and ops, turned
+off inside a `with switches(...)` block); the next two are options.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
-import importlib
 import os
 import statistics
 import sys
@@ -33,38 +33,21 @@ import torch
 from tqdm import tqdm
 
 import tokencache
-import tokencache.passes.inplace_cache as inplace_module
-import tokencache.ops.linear as linear_ops
-import tokencache.passes.onednn_linear as onednn_module
-from tokencache.passes.graph_edit import node_by_name
 from tokencache.models.reference_dit import ReferenceDiT
 from tokencache.profiling.timing import interleaved, per_variant
+from tokencache.switches import switches
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_core import CONFIGS, make_generation  # noqa: E402
 
-partial_module = importlib.import_module("tokencache.passes.partial")   # the package exports partial()
 
-
-@contextlib.contextmanager
-def patched(module, name, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
-
-
-# name -> (extra options, patch active while compiling, patch active while running)
+# name -> (extra options, context active while compiling, context active while running)
 ABLATIONS = {
     "default": ({}, contextlib.nullcontext, contextlib.nullcontext),
-    "no GELU fusion": ({}, lambda: patched(onednn_module, "GELU", ()), contextlib.nullcontext),
-    "no W @ x^T": ({}, contextlib.nullcontext, lambda: patched(linear_ops, "SMALL_ROWS", (1, 0))),
-    "no in-place": ({}, lambda: patched(inplace_module, "inplace_cache", lambda gm: gm), contextlib.nullcontext),
-    "no early gather": ({}, lambda: patched(partial_module, "row_prelude",
-                                            lambda gm, region, created: (node_by_name(gm, region.input), {})),
-                        contextlib.nullcontext),
+    "no GELU fusion": ({}, lambda: switches(fuse_gelu=False), contextlib.nullcontext),
+    "no W @ x^T": ({}, contextlib.nullcontext, lambda: switches(small_rows_transposed=False)),
+    "no in-place": ({}, lambda: switches(disabled={"inplace_cache"}), contextlib.nullcontext),
+    "no early gather": ({}, lambda: switches(early_gather=False), contextlib.nullcontext),
     "no packed weights": ({"cpu_matmul": "onednn"}, contextlib.nullcontext, contextlib.nullcontext),
     "cpu_matmul=aten": ({"cpu_matmul": "aten"}, contextlib.nullcontext, contextlib.nullcontext),
     "dict-tag guards": ({}, lambda: torch._dynamo.config.patch(use_recursive_dict_tags_for_guards=True),

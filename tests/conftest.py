@@ -1,6 +1,8 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# lint and check the state wiring after every pass (tokencache/passes/checks.py)
+os.environ.setdefault("TOKENCACHE_CHECK_PASSES", "1")
 
 import pytest
 import torch

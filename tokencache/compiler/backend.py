@@ -20,7 +20,7 @@ import torch.fx as fx
 from ..compat import backend_failure_cause, cache_entry_count, current_dispatch_mode, original_module, recompile_limit
 from ..config import CacheConfig
 from ..errors import TokenCacheError
-from ..passes.dead_chunks import drop_dead_chunks
+from ..passes.pipeline import build_variants
 from ..policies import get_policy
 from ..policies.none import NonePolicy
 from ..runtime.runtime import CacheRuntime, runtime_calls
@@ -148,9 +148,9 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs, dynamic_reaso
         warnings.warn(f"tokencache: {len(partly)} region(s) are not token-local and are reused whole in token-wise "
                       "steps: " + "; ".join(f"{r.name}: {r.reason}" for r in partly[:3])
                       + (" ..." if len(partly) > 3 else ""), stacklevel=2)
-    # A policy states what a variant computes; dropping the modulation chunks it leaves dead is
-    # the same clean-up for every policy.
-    variants = {name: drop_dead_chunks(v) for name, v in policy.variants(gm, analysis, config).items()}
+    # A policy states what a variant computes; the pipeline's "variant" stage (dropping the
+    # modulation chunks it leaves dead) is the same clean-up for every policy.
+    variants = build_variants(policy, gm, analysis, config)
     schedule = policy.schedule(config)
     computed = policy.computed_tokens(analysis, config)
     base = {

@@ -65,13 +65,9 @@ def compile_variant(gm: fx.GraphModule, example_args: list, inner: str, param_po
     if inner in ("inductor", "cudagraphs"):
         from ..compat import compile_fx   # not a nested torch.compile (see there)
         from ..passes.graph_edit import copy_module
-        from ..passes.inplace_cache import inplace_cache
-        from ..passes.onednn_linear import onednn_linear
-        graph = copy_module(gm)                # the variant itself stays as the policy built it
-        if cpu_matmul in ("onednn", "onednn_packed"):
-            graph = onednn_linear(graph, packed=cpu_matmul == "onednn_packed")
-        if cpu_matmul is not None:             # CPU only: the in-place update is not yet measured on CUDA
-            graph = inplace_cache(graph)
+        from ..passes.pipeline import PassContext, run_stage
+        # the variant itself stays as the policy built it
+        graph = run_stage(copy_module(gm), PassContext("compile", cpu_matmul=cpu_matmul))
         with torch.no_grad():
             fn = compile_fx(graph, example_args)
         if inner == "inductor":

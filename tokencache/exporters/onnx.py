@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.fx as fx
 
-from ..passes.noop_squeeze import drop_noop_squeezes
+from ..passes.pipeline import PassContext, run_stage
 
 EXPORTERS = ("dynamo", "torchscript")
 OPSETS = (18, 19, 20)           # GatherElements/ScatterElements and LayerNormalization all exist from 18 on
@@ -23,7 +23,7 @@ class FrozenVariant(torch.nn.Module):
 
     def __init__(self, gm: fx.GraphModule, kinds: list[str], example_inputs: list):
         super().__init__()
-        self.gm = drop_noop_squeezes(gm)
+        self.gm = run_stage(gm, PassContext("export"))
         self.kinds = kinds
         for i, kind in enumerate(kinds):
             if kind == "param":

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .. import compat
 from ..runtime.packed_weights import PACKED
+from ..switches import current as current_switches
 
 SMALL_ROWS = (2, 4)     # measured: W @ x^T beats oneDNN at 2 and 4 rows, ties at 8, loses at 1
 
@@ -28,7 +29,7 @@ def _linear(x, weight, bias, post_op, algorithm, packed: bool):
     if x.dim() == 1:
         return _linear(x.unsqueeze(0), weight, bias, post_op, algorithm, packed).squeeze(0)
     rows = x.numel() // x.shape[-1]
-    if SMALL_ROWS[0] <= rows <= SMALL_ROWS[1]:
+    if SMALL_ROWS[0] <= rows <= SMALL_ROWS[1] and current_switches().small_rows_transposed:
         flat_t = x.reshape(rows, x.shape[-1]).t()
         out = torch.mm(weight, flat_t) if bias is None else torch.addmm(bias.unsqueeze(1), weight, flat_t)
         out = out.t().contiguous().reshape(*x.shape[:-1], weight.shape[0])

@@ -8,10 +8,12 @@ pure GraphModule -> GraphModule functions and the runtime reads the wiring off t
 from __future__ import annotations
 
 import re
+import sys
 
 import torch.fx as fx
 
 from ..compat import mark_sourceless
+from .checks import check_graph, checks_enabled
 
 
 def copy_module(gm: fx.GraphModule) -> fx.GraphModule:
@@ -98,7 +100,11 @@ def replace_uses_outside(node: fx.Node, new: fx.Node, inside: set[str]) -> None:
 
 
 def finish(gm: fx.GraphModule) -> fx.GraphModule:
+    """Every pass ends here: dead code removed, the graph linted (and, in tests and debug mode,
+    its wiring checked: passes/checks.py), the module's code regenerated."""
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
+    if checks_enabled():
+        check_graph(gm, after=f"pass {sys._getframe(1).f_code.co_name}()")
     gm.recompile()
     return gm

@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from ..compiler.token_axis import op_name
 from ..ops import token_ops
-from .graph_edit import copy_module, outputs_of, wiring
+from .graph_edit import copy_module, finish, outputs_of, wiring
 
 _VIEWS = {"view", "reshape", "permute", "transpose", "contiguous", "unsqueeze", "squeeze", "flatten",
           "unflatten", "getitem", "t", "expand", "narrow", "chunk", "split", "as_strided", "unbind"}
@@ -31,8 +31,7 @@ def inplace_cache(gm: fx.GraphModule) -> fx.GraphModule:
             cache = node.args[0]
             if isinstance(cache, fx.Node) and cache.op == "placeholder" and len(cache.users) == 1:
                 node.target = token_ops.scatter_rows_
-    gm.recompile()
-    return gm
+    return finish(gm)
 
 
 def _source(value):

@@ -21,15 +21,16 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..ops import linear as _registers_ops  # noqa: F401  (defines torch.ops.tokencache.linear*)
-from .graph_edit import copy_module
+from .graph_edit import copy_module, finish
 
 LINEAR = (F.linear, torch.ops.aten.linear.default)
 GELU = (F.gelu, torch.ops.aten.gelu.default)
 
 
-def onednn_linear(gm: fx.GraphModule, packed: bool = False) -> fx.GraphModule:
+def onednn_linear(gm: fx.GraphModule, packed: bool = False, fuse_gelu: bool = True) -> fx.GraphModule:
     """Every `linear` becomes `tokencache::linear` (`linear_packed` with `packed`); a `gelu` that
-    is a linear's only user is fused into it (oneDNN post-op, erf or tanh form as the graph asks)."""
+    is a linear's only user is fused into it (oneDNN post-op, erf or tanh form as the graph asks)
+    unless `fuse_gelu` is off (an ablation)."""
     target = torch.ops.tokencache.linear_packed.default if packed else torch.ops.tokencache.linear.default
     gm = copy_module(gm)
     graph = gm.graph
@@ -40,7 +41,7 @@ def onednn_linear(gm: fx.GraphModule, packed: bool = False) -> fx.GraphModule:
         bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         post_op, algorithm, last = "none", "", node
         users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_function" and users[0].target in GELU:
+        if fuse_gelu and len(users) == 1 and users[0].op == "call_function" and users[0].target in GELU:
             gelu = users[0]
             approximate = gelu.args[1] if len(gelu.args) > 1 else gelu.kwargs.get("approximate", "none")
             post_op, algorithm, last = "gelu", approximate, gelu
@@ -51,5 +52,4 @@ def onednn_linear(gm: fx.GraphModule, packed: bool = False) -> fx.GraphModule:
         if last is not node:
             graph.erase_node(last)
         graph.erase_node(node)
-    gm.recompile()
-    return gm
+    return finish(gm)

@@ -23,6 +23,7 @@ from typing import NamedTuple
 from ..compiler.token_axis import CONTEXT, IMAGE, NotTokenLocal, propagate, shape_of, size_arg_positions, total
 from ..config import CacheConfig
 from ..ops import token_ops
+from ..switches import current as current_switches
 from .graph_edit import add_state_input, add_state_outputs, copy_module, finish, node_by_name, replace_uses_outside
 
 
@@ -81,7 +82,8 @@ def region_on_rows(gm: fx.GraphModule, region: Region, index: fx.Node, k: int, e
     when `keep_context`, none otherwise); slices, splits and reshapes of the joined token axis are
     resized to match, and per-token tables (RoPE) are gathered at the rows' original positions."""
     x, out = node_by_name(gm, region.input), node_by_name(gm, region.output)
-    source, prelude_axes = row_prelude(gm, region, emit.created)
+    # switched off for an ablation: gather the region input itself
+    source, prelude_axes = row_prelude(gm, region, emit.created) if current_switches().early_gather else (x, {})
     env = {source: emit(token_ops.gather_rows, source, index)}
     path, info = {**prelude_axes, **region.token_axes}, region.path
 
