@@ -353,7 +353,8 @@ def readme_table(results: list[dict], meta: dict) -> str:
         counts[key] = counts.get(key, 0) + 1
     lines = [f"{len(results)} diffusers classes at tiny random-weight configs, {meta['date']}, torch {meta['torch']}, "
              f"diffusers {meta['diffusers']}, tokencache {meta['commit']} (`python benchmarks/coverage.py "
-             f"--readme README.md`; details, notes and every reason in `benchmarks/coverage.md`). "
+             f"{'--quick ' if meta.get('modes') == ['static'] else ''}--readme README.md`; details, notes and every "
+             "reason in `benchmarks/coverage.md`). "
              "Overall: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".",
              "",
              "| class | toca | fora | FLOP fraction toca / fora | exact at K=N |",
