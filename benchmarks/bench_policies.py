@@ -65,6 +65,24 @@ def _joint_settings() -> dict:
 SETTINGS_BY_MODEL = {"embedded": SETTINGS, "embedded-pixart": SETTINGS, "embedded-mmdit": _joint_settings()}
 
 
+def quality_only(target, settings: dict, steps: int, inner: str, progress) -> dict:
+    """One generation per setting, no timing (for a machine too busy to time on): final images and
+    FLOPs per generation, uncached first."""
+    import tokencache
+
+    found = {}
+    for name, options in {"uncached": {"policy": "none"}, **settings}.items():
+        torch._dynamo.reset()
+        compiled = tokencache.compile(target.model, num_steps=steps, inner=inner, **options)
+        state = target.init()
+        with torch.no_grad():
+            for i in range(steps):
+                target.step(compiled, state, i, steps)
+        found[name] = (target.images(state), tokencache.report(compiled)["flops_per_generation"])
+        progress.update(1)
+    return found
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=100)
@@ -73,6 +91,8 @@ def main(argv=None):
     p.add_argument("--inner", default="inductor", choices=["inductor", "eager"])
     p.add_argument("--model", default="embedded", choices=list(EMBEDDED))
     p.add_argument("--only", default="", help="comma-separated setting names (default: all)")
+    p.add_argument("--quality-only", action="store_true",
+                   help="one generation per setting, no timing: FLOP speed-up and quality only")
     args = p.parse_args(argv)
     settings = SETTINGS_BY_MODEL[args.model]
     if args.only:
@@ -82,6 +102,9 @@ def main(argv=None):
             p.error(f"unknown setting {unknown[0]!r}; the settings of {args.model}: {', '.join(settings)}")
         settings = {w: settings[w] for w in wanted}
     target = embedded_target(samples=args.samples, name=args.model)
+    if args.quality_only:
+        return print_quality(args, quality_only(target, settings, args.steps, args.inner,
+                                                tqdm(total=1 + len(settings), desc="generating")))
     with tqdm(total=(1 + len(settings)) * (1 + args.rounds), desc="profiling") as bar:
         result = run_profile(target, settings, steps=args.steps, rounds=args.rounds, inner=args.inner,
                              progress=bar, keep_images=True)
@@ -103,6 +126,28 @@ def main(argv=None):
     out = os.path.join(os.path.dirname(__file__), "results", f"policies_embedded{suffix}.json")
     with open(out, "w") as fh:
         json.dump(dict(result, machine=machine, date=str(date.today())), fh, indent=1, default=str)
+
+
+def print_quality(args, found: dict) -> None:
+    classifier = load_classifier()
+    labels = torch.arange(args.samples) % 10
+    base, base_flops = found["uncached"]
+    machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
+    print(f"\n### {args.model}, {args.samples} samples, {args.steps} steps, inner={args.inner}, quality only "
+          f"({date.today()}, {machine})\n")
+    print("| setting | FLOP speed-up | PSNR dB | SSIM | class acc |")
+    print("|---|---|---|---|---|")
+    rows = {}
+    for name, (images, flops) in found.items():
+        rows[name] = dict(flop_speedup=base_flops / flops, psnr_db=metrics.psnr(base, images),
+                          ssim=metrics.ssim(base, images), class_accuracy=metrics.class_accuracy(classifier, images, labels))
+        r = rows[name]
+        print(f"| {name} | {r['flop_speedup']:.2f}x | {r['psnr_db']:.2f} | {r['ssim']:.4f} | {r['class_accuracy']:.3f} |")
+    suffix = "" if args.model == "embedded" else "_" + args.model.split("-", 1)[1]
+    out = os.path.join(os.path.dirname(__file__), "results", f"quality_embedded{suffix}.json")
+    with open(out, "w") as fh:
+        json.dump(dict(settings=rows, samples=args.samples, steps=args.steps, machine=machine, date=str(date.today())),
+                  fh, indent=1, default=float)
 
 
 if __name__ == "__main__":
