@@ -76,6 +76,7 @@ def test_classifier_accuracy_on_real_test_images():
     assert accuracy(load_classifier(), data.to_image_space(x), y) >= 0.85
 
 
+@pytest.mark.slow      # 36 s on the shared 2-core box
 def test_training_smoke(tmp_path):
     from tokencache.models.train import train
 
@@ -90,6 +91,7 @@ def test_training_smoke(tmp_path):
 
 
 
+@pytest.mark.slow      # 22 s
 def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
     """The checkpoint restores every RNG, the label dropout's global one included."""
     from tokencache.models.train import train

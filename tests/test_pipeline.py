@@ -28,7 +28,8 @@ def _images(pipe, steps):
                 generator=torch.Generator().manual_seed(0), output_type="np").images
 
 
-@pytest.mark.parametrize("scheduler", ["dpm_solver_multistep", "heun", "kdpm2"])
+@pytest.mark.parametrize("scheduler", ["dpm_solver_multistep", "heun",
+                                       pytest.param("kdpm2", marks=pytest.mark.slow)])   # kdpm2: 20 s
 def test_each_pipeline_call_is_one_generation(scheduler):
     make = {"dpm_solver_multistep": diffusers.DPMSolverMultistepScheduler,
             "heun": diffusers.HeunDiscreteScheduler, "kdpm2": diffusers.KDPM2DiscreteScheduler}[scheduler]

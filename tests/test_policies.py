@@ -177,6 +177,7 @@ def test_cache_bytes_match_the_tensors_held(dtype, size):
     assert report["cache_bytes"] == expected == sum(t.numel() * t.element_size() for t in held.values())
 
 
+@pytest.mark.slow      # 27 s: DiT-S-sized graphs, every policy
 def test_flop_reductions_per_policy():
     from test_flops import DIT_S
     from tiny_models import reference_case
