@@ -18,8 +18,7 @@ from .config import CacheConfig
 from .errors import TokenCacheError
 from .pipeline import compile_pipeline
 from .runtime.generation import Generation as generation
-
-__version__ = "0.1.0"
+from .version import __version__
 
 _BACKENDS: dict = {}     # CacheConfig -> its one backend callable (Dynamo counts backends per function)
 
@@ -51,19 +50,8 @@ def compile(model: torch.nn.Module, **options):
 
 
 def _sessions(compiled) -> list:
-    """(runtime, entry) pairs of this compiled model (an entry: the model's state and counts for one
-    graph, runtime/session.py): those of its own configuration when it came from
-    tokencache.compile, else those of the configuration that ran last for the module."""
-    from .runtime.registry import sessions_for
-
-    found = sessions_for(compiled)
-    handle = getattr(compiled, "__dict__", {}).get("_tokencache_handle")
-    if handle is not None:
-        return [(r, s) for r, s in found if r.config == handle.config]
-    if not found:
-        return []
-    latest = max(found, key=lambda rs: rs[1].last_call)[0].config
-    return [(r, s) for r, s in found if r.config == latest]
+    from .runtime.registry import runtimes_of
+    return runtimes_of(compiled)
 
 
 def report(compiled) -> dict:

@@ -2,26 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+# UsageError stays importable from here, as before
+from .cli_args import UsageError, check_output_dir, check_output_file, one_line, positive_int, ratio  # noqa: F401
 from .config import CONTEXT_TOKENS, INNER_BACKENDS, POLICIES
 from .models import EMBEDDED
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,11 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", choices=list(EMBEDDED), default="embedded",
                       help="the shipped model: the DiT (default), its cross-attention (PixArt) or joint-attention (MMDiT) sibling")
     demo.add_argument("--policy", choices=POLICIES, default="toca")
-    demo.add_argument("--interval", type=_positive_int, default=3)
-    demo.add_argument("--ratio", type=_ratio, default=0.25)
-    demo.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default 50; 20 with --quick)")
-    demo.add_argument("--samples", type=_positive_int, default=None, help="images per run (default 20; 10 with --quick)")
-    demo.add_argument("--rounds", type=_positive_int, default=None, help="timed interleaved rounds (default 3; 1 with --quick)")
+    demo.add_argument("--interval", type=positive_int, default=3)
+    demo.add_argument("--ratio", type=ratio, default=0.25)
+    demo.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 50; 20 with --quick)")
+    demo.add_argument("--samples", type=positive_int, default=None, help="images per run (default 20; 10 with --quick)")
+    demo.add_argument("--rounds", type=positive_int, default=None, help="timed interleaved rounds (default 3; 1 with --quick)")
     demo.add_argument("--inner", choices=INNER_BACKENDS, default=None, help="default inductor; eager with --quick")
     demo.add_argument("--context-tokens", choices=CONTEXT_TOKENS, default=None,
                       help="joint attention's text tokens in token-wise steps (default recompute)")
@@ -47,10 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="embedded (default), embedded-pixart, embedded-mmdit, dit-s, pixart-1k, or package.module:factory returning (model, forward kwargs)")
     prof.add_argument("--policy", default="toca",
                       help=f"one or more comma-separated policies to compare ({', '.join(p for p in POLICIES if p != 'none')})")
-    prof.add_argument("--interval", type=_positive_int, default=3)
-    prof.add_argument("--ratio", type=_ratio, default=0.25)
-    prof.add_argument("--steps", type=_positive_int, default=None, help="steps per generation (default 20; 8 with --quick)")
-    prof.add_argument("--rounds", type=_positive_int, default=None, help="interleaved timed rounds (default 5; 2 with --quick)")
+    prof.add_argument("--interval", type=positive_int, default=3)
+    prof.add_argument("--ratio", type=ratio, default=0.25)
+    prof.add_argument("--steps", type=positive_int, default=None, help="steps per generation (default 20; 8 with --quick)")
+    prof.add_argument("--rounds", type=positive_int, default=None, help="interleaved timed rounds (default 5; 2 with --quick)")
     prof.add_argument("--inner", choices=INNER_BACKENDS, default=None, help="default inductor; eager with --quick")
     prof.add_argument("--context-tokens", choices=CONTEXT_TOKENS, default=None,
                       help="joint attention's text tokens in token-wise steps (default recompute)")
@@ -62,37 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .exporters.cli import add_export_parser
     add_export_parser(sub)
     return parser
-
-
-class UsageError(ValueError):
-    """A user error the CLI reports in one line, with exit code 2."""
-
-
-def check_output_file(path, flag: str) -> None:
-    """`path` can be written as a file: its directory exists and is writable, and it is not a
-    directory. Checked before any work, so a bad path costs nothing."""
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory, expected a file name")
-    parent = p.absolute().parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: {parent} is not an existing directory")
-    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UsageError(f"{flag} {path}: not writable")
-
-
-def check_output_dir(path, flag: str) -> None:
-    """`path` can hold output files: an existing writable directory, or creatable in one."""
-    p = Path(path).absolute()
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"{flag} {path}: exists and is not a directory")
-    existing = next((q for q in (p, *p.parents) if q.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: {existing or p} is not a writable directory")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv=None) -> int:
@@ -107,7 +63,7 @@ def main(argv=None) -> int:
     try:
         return _run(args)
     except (ValueError, OSError, TokenCacheError, TensorRTUnavailable, DataMissing, WeightsError) as e:
-        print(f"tokencache {args.command}: {_one_line(e)}", file=sys.stderr)
+        print(f"tokencache {args.command}: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -24,9 +24,9 @@ def _spec(name: str, t: torch.Tensor) -> dict:
 
 
 def _main_runtime(compiled):
-    from .. import _sessions
+    from ..runtime.registry import runtimes_of
 
-    found = _sessions(compiled)
+    found = runtimes_of(compiled)
     if not found:
         raise ValueError("call the compiled model once before exporting: the bundle is built from the "
                          "graphs and input shapes of that call")
@@ -117,7 +117,7 @@ def export(compiled, out_dir, exporter: str = "dynamo", opset: int = 18, progres
 
 
 def _write_bundle(runtime, out: Path, exporter: str, opset: int, progress: bool) -> None:
-    from .. import __version__
+    from ..version import __version__
 
     examples, state = example_values(runtime)
     variants = {}

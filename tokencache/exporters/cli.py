@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import _positive_int, _ratio
+from ..cli_args import positive_int, ratio
 from ..config import POLICIES
 from .onnx import EXPORTERS, OPSETS
 from .tensorrt import PRECISIONS
@@ -17,9 +17,9 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     exp.add_argument("--model", default="embedded",
                      help="embedded (default), embedded-pixart, embedded-mmdit, dit-s, pixart-1k, or package.module:factory")
     exp.add_argument("--policy", choices=POLICIES, default="toca")
-    exp.add_argument("--interval", type=_positive_int, default=3)
-    exp.add_argument("--ratio", type=_ratio, default=0.25)
-    exp.add_argument("--steps", type=_positive_int, default=50, help="steps per generation of the schedule")
+    exp.add_argument("--interval", type=positive_int, default=3)
+    exp.add_argument("--ratio", type=ratio, default=0.25)
+    exp.add_argument("--steps", type=positive_int, default=50, help="steps per generation of the schedule")
     exp.add_argument("--out", type=Path, default=Path("bundle"))
     exp.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                      help="torch.onnx exporter: dynamo (default) or the older TorchScript one as a fallback")
@@ -40,7 +40,7 @@ def run_export(args) -> int:
     from .tensorrt import TensorRTUnavailable, build_engines, tensorrt_missing
     from ..profiling.targets import TargetError, load_target
 
-    from ..cli import _one_line, check_output_file
+    from ..cli_args import check_output_file, one_line
     from .bundle import check_bundle_target
 
     try:                                        # output paths first: a bad one costs no work
@@ -48,7 +48,7 @@ def run_export(args) -> int:
         if args.timing_cache:
             check_output_file(args.timing_cache, "--timing-cache")
     except ValueError as e:
-        print(f"tokencache export: {_one_line(e)}", file=sys.stderr)
+        print(f"tokencache export: {one_line(e)}", file=sys.stderr)
         return 2
     reason = tensorrt_missing() if args.tensorrt else None
     if reason:                                  # fail before spending minutes on the export

@@ -31,6 +31,20 @@ def module_of(model) -> torch.nn.Module:
     return module
 
 
+def runtimes_of(compiled) -> list[tuple[object, object]]:
+    """(runtime, entry) pairs of this compiled model (an entry: the model's state and counts for one
+    graph, runtime/session.py): those of its own configuration when it came from
+    tokencache.compile, else those of the configuration that ran last for the module."""
+    found = sessions_for(compiled)
+    handle = getattr(compiled, "__dict__", {}).get("_tokencache_handle")   # set by tokencache.compile
+    if handle is not None:
+        return [(r, s) for r, s in found if r.config == handle.config]
+    if not found:
+        return []
+    latest = max(found, key=lambda rs: rs[1].last_call)[0].config
+    return [(r, s) for r, s in found if r.config == latest]
+
+
 def sessions_for(model) -> list[tuple[object, object]]:
     """(runtime, ModelEntry) pairs that ran this model, oldest first."""
     module = module_of(model)

@@ -1,0 +1,52 @@
+"""Argument types and checks shared by the `tokencache` command's subcommands (cli.py, and
+exporters/cli.py for `export`): one home, so neither CLI module imports the other's privates."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def ratio(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+class UsageError(ValueError):
+    """A user error the CLI reports in one line, with exit code 2."""
+
+
+def check_output_file(path, flag: str) -> None:
+    """`path` can be written as a file: its directory exists and is writable, and it is not a
+    directory. Checked before any work, so a bad path costs nothing."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory, expected a file name")
+    parent = p.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is not an existing directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable")
+
+
+def check_output_dir(path, flag: str) -> None:
+    """`path` can hold output files: an existing writable directory, or creatable in one."""
+    p = Path(path).absolute()
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a directory")
+    existing = next((q for q in (p, *p.parents) if q.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {existing or p} is not a writable directory")
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
