@@ -16,3 +16,13 @@ def fresh_dynamo():
     per-function recompile limit (8), so start every test with a clean Dynamo cache."""
     torch._dynamo.reset()
     yield
+
+
+@pytest.fixture(autouse=True)
+def fresh_tokencache():
+    """...and with none of tokencache's process-wide state (the model registry, the backend per
+    configuration, step links, packed weights), so no test sees what an earlier one compiled."""
+    from tokencache import introspect
+
+    introspect.reset_state()
+    yield

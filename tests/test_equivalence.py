@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import tokencache
+from tokencache import introspect
 from tiny_models import ALL_CASES, generate, noise, rel_err
 
 TOL = 1e-4
@@ -69,7 +70,6 @@ def test_packed_weights_follow_weight_updates():
     """cpu_matmul="onednn_packed" (auto's choice here): every GEMM weight is packed once across
     generations; a load_state_dict (in place, so the compiled graphs stay valid) is seen at the next
     call, and a write through `.data` (as peft's LoRA merge does) at the next generation."""
-    from tokencache.runtime.packed_weights import PACKED
     case = ALL_CASES["reference"]()
     model, other = case.build(), case.build()
     with torch.no_grad():
@@ -81,19 +81,19 @@ def test_packed_weights_follow_weight_updates():
     eager = tokencache.compile(other, num_steps=10, inner="eager", policy="toca", ratio=0.25, interval=3,
                                attention="reuse")
     generate(case, compiled, x0)
-    packs = PACKED.packs
+    packs = introspect.packed_weight_packs()
     generate(case, compiled, x0)
-    assert PACKED.packs == packs                       # second generation: no packing
+    assert introspect.packed_weight_packs() == packs                       # second generation: no packing
     model.load_state_dict(other.state_dict())
     assert rel_err(generate(case, compiled, x0), generate(case, eager, x0)) <= TOL
-    assert PACKED.packs > packs
-    packs = PACKED.packs
+    assert introspect.packed_weight_packs() > packs
+    packs = introspect.packed_weight_packs()
     with torch.no_grad():
         for p, q in zip(model.parameters(), other.parameters()):
             q.mul_(1.5)
             p.data += 0.5 * p.data             # not seen by the version counters
     assert rel_err(generate(case, compiled, x0), generate(case, eager, x0)) <= TOL
-    assert PACKED.packs > packs
+    assert introspect.packed_weight_packs() > packs
 
 
 @pytest.mark.slow
@@ -108,7 +108,7 @@ def test_inductor_token_wise_steps_write_caches_in_place():
     for inner in ("eager", "inductor"):
         compiled = tokencache.compile(model, inner=inner, **options)
         x = generate(case, compiled, x0, stop=2)                    # fresh, partial
-        state = tokencache._sessions(compiled)[0][1].states[0]
+        state = introspect.graphs(compiled)[0].state()
         before = {k: v.data_ptr() for k, v in state.items() if k.startswith("cache:") and k.endswith(".mlp")}
         x = generate(case, compiled, x, start=2, stop=3)            # partial
         addresses[inner] = [state[k].data_ptr() == ptr for k, ptr in before.items()]

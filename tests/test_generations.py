@@ -12,6 +12,7 @@ import torch
 import torch._dynamo
 
 import tokencache
+from tokencache import introspect
 from tiny_models import ALL_CASES, Case, generate, noise, rel_err
 
 OPTIONS = dict(policy="toca", ratio=0.25, interval=3, num_steps=10, inner="eager")
@@ -282,10 +283,10 @@ def test_deleting_the_model_frees_weights_and_caches(how):
         else:
             compiled = torch.compile(model, backend="tokencache", options=OPTIONS, dynamic=False)
         generate(case, compiled, noise(case, seed=i), steps=2)
-        (runtime, entry), = tokencache._sessions(compiled)
+        (graph,) = introspect.graphs(compiled)
         weights.append(weakref.ref(model.blocks[0].mlp.fc1.weight))
-        caches += [weakref.ref(t) for t in entry.states[0].values()]
-        del model, compiled, runtime, entry
+        caches += [weakref.ref(t) for t in graph.state().values()]
+        del model, compiled, graph
     gc.collect()
     assert [w() is None for w in weights] == [True] * 6
     assert caches and all(c() is None for c in caches)
@@ -297,13 +298,13 @@ def test_dynamo_reset_frees_the_caches():
     model = case.build()
     compiled = tokencache.compile(model, **OPTIONS)
     generate(case, compiled, noise(case), steps=2)
-    (runtime, entry), = tokencache._sessions(compiled)
-    caches = [weakref.ref(t) for t in entry.states[0].values()]
-    del runtime, entry
+    (graph,) = introspect.graphs(compiled)
+    caches = [weakref.ref(t) for t in graph.state().values()]
+    del graph
     torch._dynamo.reset()
     gc.collect()
     assert caches and all(c() is None for c in caches)
-    assert tokencache._sessions(compiled) == []
+    assert introspect.graphs(compiled) == []
 
 
 def test_many_compilations_of_one_class_stay_cached():

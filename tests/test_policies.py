@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 import tokencache
+from tokencache import introspect
 from tokencache.ops import token_ops
 from tokencache.policies.taylorseer import host_taylor_inputs
 from tiny_models import ALL_CASES, generate, noise, rel_err
@@ -24,10 +25,6 @@ def test_degenerate_settings_equal_the_model(options):
     assert rel_err(got, generate(case, model, x0)) <= 1e-4
 
 
-def _runtime(compiled):
-    return tokencache._sessions(compiled)[0][0]
-
-
 def test_duca_aggressive_step_is_fora_reuse():
     """Given the same fresh caches, DuCa's aggressive graph computes exactly FORA's reuse graph."""
     case = ALL_CASES["reference"]()
@@ -39,14 +36,11 @@ def test_duca_aggressive_step_is_fora_reuse():
     generate(case, fora, x0, stop=1)
     outs = []
     for compiled, name in ((duca, "aggressive"), (fora, "reuse")):
-        rt = _runtime(compiled)
-        state = {}
-        fresh = rt.assemble("fresh", rt.example_inputs, state, 0, [0])
-        w = rt.variants["fresh"].meta["tokencache"]
-        state.update(zip(w["state_out"], rt.variants["fresh"](*fresh)[w["num_outputs"]:]))
-        later = list(rt.example_inputs)
-        later[rt.timestep.index] = torch.full_like(later[rt.timestep.index], 700.0)
-        outs.append(rt.variants[name](*rt.assemble(name, later, state, 2, [0]))[0])
+        graph = introspect.graphs(compiled)[0]
+        _, state = graph.run_variant("fresh")
+        later = list(graph.example_inputs)
+        later[graph.timestep_index] = torch.full_like(later[graph.timestep_index], 700.0)
+        outs.append(graph.run_variant(name, later, state, step=2)[0][0])
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
 
 
@@ -171,7 +165,7 @@ def test_cache_bytes_match_the_tensors_held(dtype, size):
                                   num_steps=10, inner="eager")
     generate(case, compiled, noise(case), stop=4)
     report = tokencache.report(compiled)
-    held = tokencache._sessions(compiled)[0][1].states[0]
+    held = introspect.graphs(compiled)[0].state()
     assert all(t.dtype == getattr(torch, dtype) for t in held.values())
     expected = sum(3 * r["tokens"] * 2 * 64 * size for r in report["regions"])   # (order+1, B, N, C)
     assert report["cache_bytes"] == expected == sum(t.numel() * t.element_size() for t in held.values())
@@ -229,12 +223,12 @@ def test_clusca_with_one_cluster_per_token_computes_the_feed_forward_exactly():
     with torch.no_grad():
         for t in (1000.0, 900.0):                                           # fresh, then a cached step
             compiled(x, torch.tensor([t, t]))
-        session = tokencache._sessions(compiled)[0][1]
+        graph = introspect.graphs(compiled)[0]
         assert tokencache.report(compiled)["variants"]["clusters"]["calls"] == 1
         tau = torch.tensor(0.9)
         h = model.base + model.u * tau + model.v * tau * tau
         for i, block in enumerate(model.blocks):
-            stored = session.states[0][f"taylor:blocks.{i}.ff"][0]
+            stored = graph.state()[f"taylor:blocks.{i}.ff"][0]
             torch.testing.assert_close(stored, block["ff"](h).expand(2, -1, -1), rtol=1e-5, atol=1e-5)
 
 

@@ -67,6 +67,10 @@ class PackedWeights:
         for w in weights:
             self._entries.pop(id(w), None)
 
+    def clear(self) -> None:
+        """Drop every packed copy (tests, between tests)."""
+        self._entries.clear()
+
     def nbytes(self, weights: Iterable[torch.Tensor]) -> int:
         """Memory held by the packed copies of these weights."""
         entries = [self._entry(w) for w in weights]

@@ -23,6 +23,11 @@ def register(runtime, entry, params: list[torch.Tensor]) -> None:
     _ENTRIES.append((weakref.ref(runtime), weakref.ref(entry), [weakref.ref(p) for p in params]))
 
 
+def clear() -> None:
+    """Forget every entry (tests, between tests)."""
+    _ENTRIES.clear()
+
+
 def module_of(model) -> torch.nn.Module:
     """The nn.Module behind a torch.compile'd model (or the module itself)."""
     module = original_module(model)

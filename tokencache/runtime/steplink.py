@@ -62,6 +62,13 @@ class Link:
     new_generation: bool
 
 
+def clear() -> None:
+    """Forget every model's links and generation starts (tests, between tests)."""
+    _MODELS.clear()
+    _STARTS.clear()
+    _LINKS.set({})
+
+
 def calling_model():
     """The module of the outermost torch.compile wrapper on the stack (None: not called through one)."""
     frame, outer = sys._getframe(1), None
