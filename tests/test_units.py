@@ -343,6 +343,19 @@ def test_inplace_cache_only_where_no_output_is_the_cache(returns_cache_view):
     assert (state is held) == (not returns_cache_view)
 
 
+def _indexing(index):
+    """(x, x[index]) as graph nodes with the shapes Dynamo would record: x is (2, 6 tokens, 8)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    y = graph.call_function(operator.getitem, (x, index))
+    with FakeTensorMode() as mode:
+        x.meta["example_value"] = mode.from_tensor(torch.zeros(2, 6, 8))
+        y.meta["example_value"] = x.meta["example_value"][index]
+    return x, y
+
+
 @pytest.mark.parametrize("index, axis", [
     ((Ellipsis, slice(None, 4)), 1),        # Flux 2's SwiGLU: x[..., :half] keeps the tokens at 1
     ((slice(None), None), 2),               # x[:, None]: a new axis in front moves them to 2
@@ -350,28 +363,14 @@ def test_inplace_cache_only_where_no_output_is_the_cache(returns_cache_view):
     ((0,), 0),                              # x[0]: the batch axis is dropped
 ])
 def test_indexing_keeps_track_of_the_token_axis(index, axis):
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     from tokencache.compiler.token_axis import propagate
-    graph = torch.fx.Graph()
-    x = graph.placeholder("x")
-    y = graph.call_function(operator.getitem, (x, index))
-    with FakeTensorMode() as mode:
-        x.meta["example_value"] = mode.from_tensor(torch.zeros(2, 6, 8))
-        y.meta["example_value"] = x.meta["example_value"][index]
+    x, y = _indexing(index)
     assert propagate([x, y], x, 1, 6)[y.name] == axis
 
 
 @pytest.mark.parametrize("index", [(Ellipsis, slice(0, 3), slice(None)), (slice(None), slice(1, 4))])
 def test_indexing_rejects_slicing_tokens_inside_the_stream(index):
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     from tokencache.compiler.token_axis import NotTokenLocal, propagate
-    graph = torch.fx.Graph()
-    x = graph.placeholder("x")
-    y = graph.call_function(operator.getitem, (x, index))
-    with FakeTensorMode() as mode:
-        x.meta["example_value"] = mode.from_tensor(torch.zeros(2, 6, 8))
-        y.meta["example_value"] = x.meta["example_value"][index]
+    x, y = _indexing(index)
     with pytest.raises(NotTokenLocal):
         propagate([x, y], x, 1, 6)
