@@ -494,3 +494,26 @@ def test_a_failing_cached_variant_costs_caching_not_the_model():
     assert rel_err(got, generate(case, model, x0)) <= 1e-5      # every step ran fresh: exact
     report = tokencache.report(compiled)
     assert "'partial' variant failed" in report["fallback_reason"] and list(report["variants"]) == ["fresh"]
+
+
+class _VmapInside(torch.nn.Module):
+    """A forward that calls torch.vmap (AnyFlowFAR and Kandinsky 6 SR do): Dynamo records functorch's
+    nesting calls, whose values nothing uses; dead-code elimination must keep them."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x, timestep):
+        rows = torch.vmap(lambda row: torch.tanh(row) * 2)(x)
+        return self.proj(rows) * timestep[:, None, None]
+
+
+def test_torch_vmap_inside_the_model_runs():
+    model = _VmapInside().eval()
+    x, t = torch.randn(2, 4, 8), torch.ones(2)
+    with torch.no_grad():
+        expected = model(x, t)
+        got = torch.compile(model, backend="tokencache", dynamic=False,
+                            options=dict(policy="none", num_steps=2, inner="eager"))(x, t)
+    torch.testing.assert_close(got, expected)

@@ -201,3 +201,12 @@ def onednn_linear(x, weight, bias, post_op: str, algorithm: str):
 def onednn_pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """`weight` in oneDNN's blocked layout for a GEMM with about `rows` rows."""
     return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def keeps_in_dead_code_elimination(node: fx.Node) -> bool:
+    """A node dead-code elimination must keep although nothing uses its value: FX's own impure
+    ops, and functorch's vmap bookkeeping (`_vmap_increment_nesting`, `lazy_load_decompositions`
+    from torch._functorch.predispatch), which Dynamo records for a `torch.vmap` inside the model
+    (AnyFlowFAR, Kandinsky 6 SR): without the nesting calls the batched ops fail at run time."""
+    return node.is_impure() or (node.op == "call_function"
+                                and getattr(node.target, "__module__", "").startswith("torch._functorch"))

@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 from torch.fx.node import map_arg
 
-from ..compat import copy_placeholder_source, fake_tensor_mode
+from ..compat import copy_placeholder_source, fake_tensor_mode, keeps_in_dead_code_elimination
 
 _SCALARS = (torch.SymInt, torch.SymFloat, torch.SymBool)
 
@@ -123,7 +123,7 @@ def specialise(gm: fx.GraphModule, args: list) -> fx.GraphModule:
                 continue
             user.args = map_arg(user.args, lambda a: literal if a is node else a)
             user.kwargs = map_arg(user.kwargs, lambda a: literal if a is node else a)
-    static.graph.eliminate_dead_code()      # size computations now folded into literals
+    static.graph.eliminate_dead_code(is_impure_node=keeps_in_dead_code_elimination)   # sizes now literals
     static.graph.lint()
     static.recompile()
     if symbolic_shapes(static):

@@ -12,7 +12,7 @@ import sys
 
 import torch.fx as fx
 
-from ..compat import mark_sourceless
+from ..compat import keeps_in_dead_code_elimination, mark_sourceless
 from .checks import check_graph, checks_enabled
 
 
@@ -102,7 +102,7 @@ def replace_uses_outside(node: fx.Node, new: fx.Node, inside: set[str]) -> None:
 def finish(gm: fx.GraphModule) -> fx.GraphModule:
     """Every pass ends here: dead code removed, the graph linted (and, in tests and debug mode,
     its wiring checked: passes/checks.py), the module's code regenerated."""
-    gm.graph.eliminate_dead_code()
+    gm.graph.eliminate_dead_code(is_impure_node=keeps_in_dead_code_elimination)
     gm.graph.lint()
     if checks_enabled():
         check_graph(gm, after=f"pass {sys._getframe(1).f_code.co_name}()")
