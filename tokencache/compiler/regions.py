@@ -209,11 +209,10 @@ def _whole(name, block, members, external, out, sdpas) -> Region | str:
     tokens_in = [a for a in external if len(shape_of(a) or ()) >= 3 and math.prod(shape_of(a)[1:-1]) > 1]
     if len(shape) < 3 or math.prod(shape[1:-1]) <= 1 or not tokens_in:
         return f"its output {out.name} {tuple(shape)} is not a (batch, tokens, channels) tensor"
-    tensors = tokens_in
     why = (f"its output {out.name} {tuple(shape)} is not a (batch, tokens, channels) tensor" if len(shape) != 3
            else "no token-major input with the output's (batch, tokens) shape")
     return Region(name, block, "self_attention" if sdpas else "feed_forward", [n.name for n in members],
-                  tensors[0].name, out.name, shape[0], 0, shape_of(tensors[0])[-1], shape[-1], token_wise=False,
+                  tokens_in[0].name, out.name, shape[0], 0, shape_of(tokens_in[0])[-1], shape[-1], token_wise=False,
                   reason=f"{why}: reused whole", out_shape=tuple(shape))
 
 
@@ -245,13 +244,18 @@ def _ancestors(node: fx.Node, inside: set[str], reader: fx.Node | None = None) -
     An in-place write into a value before `reader` (default: `node`) reads it counts as a
     dependency: Wan's RoPE fills an `empty_like` buffer with `out[..., 0::2] = ...`, CogView 4
     rotates the image part of the queries with `query[:, :, L:] = ...` before the attention."""
-    order = {n: i for i, n in enumerate(node.graph.nodes)}
-    limit = order[reader if reader is not None else node]
+    order: dict[fx.Node, int] = {}          # graph positions, numbered only once a write turns up
+
+    def before_reader(u: fx.Node) -> bool:
+        if not order:
+            order.update((n, i) for i, n in enumerate(node.graph.nodes))
+        return order[u] < order[reader if reader is not None else node]
+
     seen, todo = set(), [node]
     while todo:
         n = todo.pop()
         writers = [u for u in n.users if u.name in inside and op_name(u) in _WRITES and u.args
-                   and u.args[0] is n and order[u] < limit]
+                   and u.args[0] is n and before_reader(u)]
         for a in list(n.all_input_nodes) + writers:
             if a.name not in seen:
                 seen.add(a.name)
