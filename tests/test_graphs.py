@@ -517,3 +517,112 @@ def test_torch_vmap_inside_the_model_runs():
         got = torch.compile(model, backend="tokencache", dynamic=False,
                             options=dict(policy="none", num_steps=2, inner="eager"))(x, t)
     torch.testing.assert_close(got, expected)
+
+
+class _MaskWrittenInPlace(torch.nn.Module):
+    """AceStep builds its sliding-window mask with `mask.masked_fill_(window, 0.0)` and never uses
+    the call's result: dead-code elimination must keep the write (it dropped it: unmasked attention)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(8, 24)
+
+    def forward(self, x, timestep):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        n = x.shape[1]
+        index = torch.arange(n)
+        mask = torch.full((n, n), float("-inf"))
+        mask.masked_fill_((index[:, None] - index[None, :]).abs() <= 1, 0.0)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask) * timestep[:, None, None]
+
+
+def test_in_place_write_with_unused_result_is_kept():
+    model = _MaskWrittenInPlace().eval()
+    x, t = torch.randn(2, 6, 8), torch.ones(2)
+    with torch.no_grad():
+        expected = model(x, t)
+        got = torch.compile(model, backend="tokencache", dynamic=False,
+                            options=dict(policy="none", num_steps=2, inner="eager"))(x, t)
+    torch.testing.assert_close(got, expected)
+
+
+def test_dead_in_place_write_on_a_dead_tensor_is_dropped():
+    """The rule keeps only writes someone reads: a scratch tensor written and never read goes."""
+    from tokencache.compat import keeps_in_dead_code_elimination
+
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    scratch = graph.call_function(torch.zeros, (4,))
+    graph.call_method("add_", (scratch, 1.0))
+    graph.output(x)
+    graph.eliminate_dead_code(is_impure_node=keeps_in_dead_code_elimination)
+    assert [n.op for n in graph.nodes] == ["placeholder", "output"]
+
+
+class _AttentionWithBreak(torch.nn.Module):
+    """Self-attention whose processor breaks the graph (Mochi's calls `nonzero` on the prompt mask)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)
+        torch._dynamo.graph_break()
+        return self.out(F.scaled_dot_product_attention(q, k, v).squeeze(1))
+
+
+class _SplitBlock(torch.nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.attn = _AttentionWithBreak(dim)
+        self.ff = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
+
+    def forward(self, x, c):
+        x = x + self.attn(x)
+        return x + self.ff(x * (1 + c[:, None]))
+
+
+class _SplitBlocksModel(torch.nn.Module):
+    def __init__(self, dim=16, depth=2):
+        super().__init__()
+        self.t = torch.nn.Linear(1, dim)
+        self.blocks = torch.nn.ModuleList(_SplitBlock(dim) for _ in range(depth))
+        self.proj = torch.nn.Linear(dim, dim)
+
+    def forward(self, x, timestep):
+        c = self.t(timestep[:, None])
+        for block in self.blocks:
+            x = block(x, c)
+        return self.proj(x)
+
+
+def _split_generate(model, x0, steps=6):
+    x = x0
+    with torch.no_grad():
+        for i in range(steps):
+            x = x - 0.1 * model(x, torch.full((x0.shape[0],), 1.0 - i / steps))
+    return x
+
+
+def test_block_split_by_a_break_in_its_attention_caches_the_rest_of_the_block():
+    """The graph after the break (Dynamo's resume function of the block's forward, module paths
+    relative to the block) holds the feed-forward: its module is the list entry `blocks.N`, so the
+    graph is that block and its feed-forward is cached token-wise (the attention, in the graphs of
+    the split processor, runs every step)."""
+    torch.manual_seed(0)
+    model = _SplitBlocksModel().eval()
+    x0 = torch.randn(2, 12, 16)
+    expected = _split_generate(model, x0)
+    exact = tokencache.compile(model, policy="toca", ratio=1.0, attention="tokens", interval=3, num_steps=6,
+                               inner="eager")
+    assert rel_err(_split_generate(exact, x0), expected) <= 1e-5
+    torch._dynamo.reset()
+    compiled = tokencache.compile(model, policy="toca", ratio=0.25, interval=3, num_steps=6, inner="eager")
+    got = _split_generate(compiled, x0)
+    assert 0 < rel_err(got, expected) < 0.2
+    report = tokencache.report(compiled)
+    cached = [g for g in report["graphs"] if g["regions"]]
+    assert {g["capture"]["module"] for g in cached} <= {"blocks.0", "blocks.1"} and cached
+    assert all(r["region"] == "ff" and r["token_wise"] for g in cached for r in g["regions"])
+    assert report["flops_per_generation"] < 0.8 * report["flops_uncached_generation"]

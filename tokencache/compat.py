@@ -205,8 +205,50 @@ def onednn_pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
 
 def keeps_in_dead_code_elimination(node: fx.Node) -> bool:
     """A node dead-code elimination must keep although nothing uses its value: FX's own impure
-    ops, and functorch's vmap bookkeeping (`_vmap_increment_nesting`, `lazy_load_decompositions`
+    ops; functorch's vmap bookkeeping (`_vmap_increment_nesting`, `lazy_load_decompositions`
     from torch._functorch.predispatch), which Dynamo records for a `torch.vmap` inside the model
-    (AnyFlowFAR, Kandinsky 6 SR): without the nesting calls the batched ops fail at run time."""
+    (AnyFlowFAR, Kandinsky 6 SR): without the nesting calls the batched ops fail at run time; and
+    an in-place write whose tensor is read later (AceStep's `mask.masked_fill_(window, 0.0)`, whose
+    result nobody uses: FX drops it, and the attention then ran unmasked)."""
     return node.is_impure() or (node.op == "call_function"
-                                and getattr(node.target, "__module__", "").startswith("torch._functorch"))
+                                and getattr(node.target, "__module__", "").startswith("torch._functorch")) \
+        or _writes_live_tensor(node)
+
+
+# ops that return a view of their first argument: an in-place write through one of them is a write
+# to the same storage
+_VIEWS = {"view", "view_as", "reshape", "unsqueeze", "squeeze", "transpose", "permute", "expand", "expand_as",
+          "select", "narrow", "flatten", "unflatten", "t", "as_strided", "unbind", "split", "chunk", "getitem",
+          "diagonal", "movedim", "swapaxes", "contiguous", "detach", "__getitem__"}
+
+
+def _op_name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def _writes_live_tensor(node: fx.Node) -> bool:
+    """An in-place op (`x.add_(..)`, `torch.relu_(x)`, `out=`) whose tensor, or a view of it, is a
+    graph input or is read after it. Dead-code elimination visits nodes last to first, so the
+    later readers still in the graph are live ones."""
+    if node.op not in ("call_method", "call_function"):
+        return False
+    name = _op_name(node)
+    in_place = (name.endswith("_") and not name.endswith("__")) or "out" in node.kwargs
+    if not in_place or not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    root = node.args[0]
+    while root.op != "placeholder" and _op_name(root) in _VIEWS and root.args and isinstance(root.args[0], fx.Node):
+        root = root.args[0]
+    if root.op == "placeholder":
+        return True
+    aliases, frontier = {root}, [root]
+    while frontier:
+        for user in frontier.pop().users:
+            if user not in aliases and _op_name(user) in _VIEWS and user.args and user.args[0] in aliases:
+                aliases.add(user)
+                frontier.append(user)
+    later, n = set(), node.next
+    while n.op != "root":
+        later.add(n)
+        n = n.next
+    return any(u in later for a in aliases for u in a.users if u is not node and u not in aliases)
