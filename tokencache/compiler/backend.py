@@ -25,6 +25,7 @@ from ..policies import get_policy
 from ..policies.none import NonePolicy
 from ..runtime.runtime import CacheRuntime, runtime_calls
 from .capture import describe as describe_capture
+from .capture import frame_module
 from .graph_inputs import classify_inputs
 from .specialise import SpecialisingRuntime, concrete, symbolic_shapes
 from .regions import Analysis, analyse
@@ -93,11 +94,13 @@ def tokencache_backend(gm: fx.GraphModule, example_inputs, options=None):
     # a graph whose tensor sizes are symbolic is made static per input shape (specialise.py)
     example_inputs = [concrete(x) for x in example_inputs]
     capture = describe_capture(gm)       # compile id, frame, why the graph ended (report()'s graph_breaks)
+    if capture["entry"] is False:        # a submodule's frame or a resume function: whose forward?
+        capture["module"] = frame_module(inputs, example_inputs)
 
     def build(graph, args, dynamic_reason=None):
         # a resume function or a submodule's frame follows the model's step clock (runtime/steplink.py)
         runtime = build_runtime(graph, args, config, inputs, dynamic_reason=dynamic_reason,
-                                follows=capture["entry"] is False)
+                                follows=capture["entry"] is False, owner=capture.get("module"))
         runtime.report_base["capture"] = capture
         return runtime
     if symbolic_shapes(gm):
@@ -106,14 +109,14 @@ def tokencache_backend(gm: fx.GraphModule, example_inputs, options=None):
 
 
 def build_runtime(gm, example_inputs, config: CacheConfig, inputs, dynamic_reason: str | None = None,
-                  follows: bool = False) -> CacheRuntime:
+                  follows: bool = False, owner: str | None = None) -> CacheRuntime:
     policy = get_policy(config.policy)
     analysis, reason = None, None
     if dynamic_reason is not None:
         reason = dynamic_reason if config.policy != "none" else None
     else:
         try:
-            analysis = analyse(gm)
+            analysis = analyse(gm, owner)
         except Exception as e:      # an unforeseen graph shape must cost caching, never the model
             analysis = Analysis(blocks=[], regions=[], rejected=[])
             if config.policy != "none":

@@ -15,7 +15,10 @@ softmax). When Dynamo hands over a graph traced from a block's own `forward` (mo
 the graph between blocks, or inside one: each block then runs as its own frame, module paths
 relative to the block), there is no numbered module; if an attention sits in a direct child
 (`attn`, `attn1`) and attends over the tokens of a (batch, tokens, channels) output of the graph,
-the whole graph is one block, named "" (ROOT). A graph with no attention at
+the whole graph is one block, named "" (ROOT). So is a graph traced from a list entry's own
+forward with no attention in it (`owner`, the frame's module, is `transformer_blocks.0`): the rest
+of a block after a graph break inside its attention (Mochi's processor calls `nonzero`), whose
+feed-forward is still the block's. A graph with no attention at
 all takes its outermost numbered list entries with compute in a child (`blocks.0` of a
 feed-forward-only model), never a numbered sublayer of a named module.
 """
@@ -57,8 +60,9 @@ def is_list_entry(path: str) -> bool:
     return len(parts) % 2 == 0 and all(p.isdigit() != (i % 2 == 0) for i, p in enumerate(parts))
 
 
-def find_blocks(nodes: list[fx.Node], paths: dict[str, str]) -> list[str]:
-    """The blocks of a graph, in order of first appearance."""
+def find_blocks(nodes: list[fx.Node], paths: dict[str, str], owner: str | None = None) -> list[str]:
+    """The blocks of a graph, in order of first appearance. `owner`: the model's module whose
+    forward the graph was traced from, where known (graph_inputs.frame_owner)."""
     order: dict[str, int] = {}
     holders: set[str] = set()           # numbered modules with an attention inside one of their children
     for i, n in enumerate(nodes):
@@ -69,7 +73,7 @@ def find_blocks(nodes: list[fx.Node], paths: dict[str, str]) -> list[str]:
         if op_name(n) in _ATTENTION:
             holders.update(p for p in prefixes if p != path)
     blocks = [b for b in holders if not any(o != b and o.startswith(b + ".") for o in holders)]
-    if not blocks and _is_block_frame(nodes, paths):
+    if not blocks and ((owner and is_list_entry(owner)) or _is_block_frame(nodes, paths)):
         return [ROOT]
     if not blocks:
         # blocks without attention (feed-forward only): numbered list entries, outermost, with compute

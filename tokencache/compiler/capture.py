@@ -53,6 +53,15 @@ def _is_entry(code) -> bool | None:
     return getattr(forward, "__code__", None) is code
 
 
+def frame_module(inputs, example_inputs) -> str | None:
+    """The path, in the compiled model, of the module whose forward this graph was traced from
+    (graph_inputs.frame_owner); None if unknown."""
+    from ..runtime.steplink import calling_model
+    from .graph_inputs import frame_owner
+
+    return frame_owner(inputs, example_inputs, calling_model())
+
+
 def describe(gm: fx.GraphModule) -> dict:
     """JSON-serialisable facts about the capture of `gm` (empty values where Dynamo says nothing)."""
     compile_id = dynamo_compile_id(gm)

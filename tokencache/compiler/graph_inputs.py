@@ -54,6 +54,24 @@ def is_owned(source: str | None) -> bool:
     return source is not None and ("._parameters[" in source or "._buffers[" in source)
 
 
+def frame_owner(inputs: list[GraphInput], example_inputs, model) -> str | None:
+    """The path inside `model` of the module whose forward the graph was traced from (the frame's
+    `self`): a lifted parameter `L['self']...ff.net.0.weight` that is the model's
+    `transformer_blocks.0.ff.net.0.weight` puts the frame in `transformer_blocks.0`. "" is the model
+    itself; None when no parameter tells (no model, or a frame without `self`)."""
+    if model is None:
+        return None
+    names = {id(t): n for n, t in (*model.named_parameters(), *model.named_buffers())}
+    for gi in inputs:
+        if gi.kind != "param" or gi.constant or not gi.name.startswith("L['self']"):
+            continue
+        full = names.get(id(example_inputs[gi.index]))
+        relative = ".".join(a or b for a, b in _KEY.findall(gi.name[len("L['self']"):]))
+        if full is not None and (full == relative or full.endswith("." + relative)):
+            return full[:len(full) - len(relative)].rstrip(".")
+    return None
+
+
 def symbolic_inputs(example_inputs) -> list[int]:
     """Positions of SymInt/SymFloat example inputs: the graph was captured with dynamic shapes."""
     return [i for i, x in enumerate(example_inputs) if isinstance(x, (torch.SymInt, torch.SymFloat))]

@@ -80,10 +80,11 @@ class Analysis:
     block_tokens: dict[str, int] = field(default_factory=dict)   # block -> the token count of that tensor
 
 
-def analyse(gm: fx.GraphModule) -> Analysis:
+def analyse(gm: fx.GraphModule, owner: str | None = None) -> Analysis:
+    """The blocks and regions of `gm`; `owner` as in blocks.find_blocks."""
     nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     paths = {n.name: module_path(n) for n in nodes}
-    blocks = find_blocks(nodes, paths)
+    blocks = find_blocks(nodes, paths, owner)
     regions, rejected = [], []
     for block in blocks:
         children: dict[str, list[fx.Node]] = {}
