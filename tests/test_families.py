@@ -44,8 +44,6 @@ SLOW_CHECKS = {"none_exact", "interval1_exact", "fora_saves"}      # one Dynamo 
 # entry when its check passes (strict xfail reports it).
 # Observed on 2026-12-07 (torch 2.13.0, diffusers 0.42.1).
 XFAIL: dict[tuple[str, str], str] = {
-    ("Sana", "kn_exact"): "linear attention (keys and values summed over all tokens) and the 3x3 convolution "
-                          "feed-forward are reused whole, by design: K=N is not exact (5e-04)",
 }
 
 # Classes that plain torch.compile already recompiles within one generation (a frame after a graph

@@ -67,6 +67,27 @@ def test_conv_feed_forward_falls_back_with_reason():
     assert ff["token_wise"] is False
 
 
+def test_regions_that_are_not_token_local_run_whole_at_k_equals_n():
+    """ratio=1.0 asks for every token fresh: a convolution feed-forward (not token-local) then runs
+    whole in cached steps, so K = N is exact; below 1.0 it is reused whole."""
+    case = sana_case()
+    model = case.build()
+    x0 = noise(case)
+    expected = generate(case, model, x0)
+    computed = {}
+    for ratio in (1.0, 0.5):
+        torch._dynamo.reset()
+        compiled = tokencache.compile(model, policy="toca", ratio=ratio, attention="tokens", interval=3,
+                                      num_steps=10, inner="eager")
+        got = generate(case, compiled, x0)
+        if ratio == 1.0:
+            assert rel_err(got, expected) <= 1e-5
+        report = tokencache.report(compiled)
+        computed[ratio] = {r["region"]: (r["computed_tokens"], r["tokens"]) for r in report["regions"]}
+    assert computed[1.0]["blocks.0.ff"] == (16, 16) and computed[0.5]["blocks.0.ff"] == (0, 16)
+    assert computed[0.5]["blocks.0.attn1"] == (8, 16)
+
+
 def test_conv_feed_forward_strict_raises():
     case = sana_case()
     compiled = tokencache.compile(case.build(), policy="toca", num_steps=10, inner="eager", strict=True)

@@ -19,14 +19,17 @@ def split_regions(analysis, config):
     Reused whole: self- and joint attention under attention="reuse", regions that are not
     token-local (a 3x3 conv in a feed-forward: their reason stays in the report), and the text
     stream's regions under context_tokens="reuse". Under "recompute" the text stream's regions
-    are in neither list: they are not cached and run in every step."""
+    are in neither list: they are not cached and run in every step. So do regions that are not
+    token-local at ratio=1.0: K = N asks for every token fresh, which they can give only whole
+    (Sana's convolution feed-forward, linear attention)."""
     attention = ("self_attention", "joint_attention")
     context = [r for r in analysis.regions if r.stream == "context"]
+    every_token = config.ratio >= 1.0
     whole = [r for r in analysis.regions if r not in context
-             and ((r.kind in attention and config.attention == "reuse") or not r.token_wise)]
+             and ((r.kind in attention and config.attention == "reuse") or (not r.token_wise and not every_token))]
     if config.context_tokens == "reuse":
         whole += context
-    tokenwise = [r for r in analysis.regions if r not in whole and r not in context]
+    tokenwise = [r for r in analysis.regions if r not in whole and r not in context and r.token_wise]
     return whole, tokenwise
 
 
