@@ -1,8 +1,10 @@
 """FLOP reductions of whole generations on the DiT-S-shaped config (counted, not timed)."""
 import pytest
-from torch.utils.flop_counter import FlopCounterMode
+import torch
+import torch.nn.functional as F
 
 import tokencache
+from tokencache.runtime.flops import flop_counter
 from tiny_models import generate, noise, reference_case
 
 DIT_S = dict(image=32, patch=2, channels=4, hidden=384, depth=12, heads=6)   # 256 tokens
@@ -13,7 +15,7 @@ def dit_s():
     case = reference_case(**DIT_S)
     model = case.build()
     x0 = noise(case)
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         generate(case, model, x0, steps=20, stop=1)      # every uncached step costs the same
     return case, model, x0, 20 * counter.get_total_flops()
 
@@ -44,3 +46,11 @@ def test_token_attention_costs_more_than_reuse(dit_s):
     reuse = _generation_flops(dit_s, policy="toca", ratio=0.25, interval=3, attention="reuse")
     tokens = _generation_flops(dit_s, policy="toca", ratio=0.25, interval=3, attention="tokens")
     assert reuse["flops_per_generation"] < tokens["flops_per_generation"] < dit_s[3]
+
+
+def test_attention_on_cpu_is_counted():
+    """torch 2.13's FlopCounterMode has no formula for the CPU SDPA kernel (it counted 0)."""
+    q, k, v = torch.randn(2, 3, 8, 16), torch.randn(2, 3, 10, 16), torch.randn(2, 3, 10, 4)
+    with flop_counter() as counter:
+        F.scaled_dot_product_attention(q, k, v)
+    assert counter.get_total_flops() == 2 * 2 * 3 * 8 * 10 * (16 + 4)

@@ -3,6 +3,7 @@ lifted constants, symbolic shapes, and a loud report when caching saves little."
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -626,3 +627,49 @@ def test_block_split_by_a_break_in_its_attention_caches_the_rest_of_the_block():
     assert {g["capture"]["module"] for g in cached} <= {"blocks.0", "blocks.1"} and cached
     assert all(r["region"] == "ff" and r["token_wise"] for g in cached for r in g["regions"])
     assert report["flops_per_generation"] < 0.8 * report["flops_uncached_generation"]
+
+
+class _FlexOrDense(torch.nn.Module):
+    """One block whose self-attention is flex_attention or SDPA (same weights, same result)."""
+
+    def __init__(self, flex: bool, dim=16):
+        super().__init__()
+        self.flex = flex
+        self.blocks = torch.nn.ModuleList([_FlexBlock(dim)])
+
+    def forward(self, x, timestep):
+        for block in self.blocks:
+            x = block(x, self.flex)
+        return x * timestep[:, None, None]
+
+
+class _FlexBlock(torch.nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.attn = torch.nn.Linear(dim, 3 * dim)
+        self.ff = torch.nn.Linear(dim, dim)
+
+    def forward(self, x, flex):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        q, k, v = self.attn(x).unsqueeze(1).chunk(3, dim=-1)
+        attend = flex_attention if flex else F.scaled_dot_product_attention
+        return x + self.ff(attend(q, k, v).squeeze(1))
+
+
+def test_report_counts_flex_attention_as_dense_attention():
+    """FlopCounterMode cannot run flex_attention (AnyFlowFAR, Kandinsky 6 SR: report() raised);
+    it counts as the dense attention it computes, so both models report the same FLOPs."""
+    flops = {}
+    for flex in (True, False):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = _FlexOrDense(flex).eval()
+        compiled = torch.compile(model, backend="tokencache", dynamic=False,
+                                 options=dict(policy="fora", num_steps=2, inner="eager"))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for t in (1.0, 0.5):
+                compiled(torch.randn(2, 8, 16), torch.full((2,), t))
+        flops[flex] = tokencache.report(compiled)["flops_uncached_generation"]
+    assert flops[True] == flops[False] > 0

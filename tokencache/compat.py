@@ -184,6 +184,12 @@ def compile_fx(gm: fx.GraphModule, example_args: list):
 LINEAR_TARGETS = (F.linear, torch._C._nn.linear)   # Dynamo records F.linear as either
 
 
+def is_flex_attention(target) -> bool:
+    """A call of the flex_attention higher-order op (`torch.ops.higher_order.flex_attention`)."""
+    hop = getattr(getattr(torch.ops, "higher_order", None), "flex_attention", None)
+    return hop is not None and target is hop
+
+
 def tensor_version(tensor: torch.Tensor) -> int:
     """The version counter in-place writes through the tensor bump (not writes through `.data`)."""
     return tensor._version

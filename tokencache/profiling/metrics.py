@@ -64,9 +64,10 @@ def class_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor) -> fl
 
 
 def count_flops(fn, *args, **kwargs) -> int:
-    """FLOPs of one eager call of `fn` (torch.utils.flop_counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one eager call of `fn` (torch.utils.flop_counter, with attention on CPU counted:
+    runtime/flops.py)."""
+    from ..runtime.flops import flop_counter
 
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         fn(*args, **kwargs)
     return int(counter.get_total_flops())

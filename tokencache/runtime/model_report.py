@@ -35,9 +35,8 @@ _INTERNAL = ("last_call", "_runtime")
 def outside_flops(runtime) -> Counter:
     """FLOPs of one uncached call of a graph that lie outside its cached regions, by module
     (up to three path components), counted on fake tensors like CacheRuntime.variant_flops."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from ..compat import fake_tensor_mode, module_path
+    from .flops import count_graph_flops
     from .runtime import ExampleSpec
 
     regions = [r["region"] for r in runtime.report_base.get("regions") or []]
@@ -46,20 +45,14 @@ def outside_flops(runtime) -> Counter:
     name = runtime.schedule[0]
     found: Counter = Counter()
 
-    class Count(fx.Interpreter):
-        def run_node(self, node):
-            with FlopCounterMode(display=False) as counter:
-                result = super().run_node(node)
-            flops = counter.get_total_flops()
-            if flops:
-                path = module_path(node)
-                if not any(path == r or path.startswith(r + ".") for r in regions):
-                    found[".".join(path.split(".")[:3]) or "(top level)"] += flops
-            return result
+    def note(node, flops):
+        path = module_path(node)
+        if not any(path == r or path.startswith(r + ".") for r in regions):
+            found[".".join(path.split(".")[:3]) or "(top level)"] += flops
 
     with torch.no_grad(), fake_tensor_mode():
         example = [spec.empty() if isinstance(spec, ExampleSpec) else spec for spec in runtime.examples]
-        Count(runtime.variants[name]).run(*runtime.assemble(name, example, {}, 0, [0]))
+        count_graph_flops(runtime.variants[name], runtime.assemble(name, example, {}, 0, [0]), per_node=note)
     return found
 
 

@@ -34,6 +34,7 @@ from ..compiler.graph_inputs import GraphInput
 from ..compiler.inner import compile_variant, cpu_matmul_for
 from ..config import CacheConfig
 from . import registry, steplink
+from .flops import count_graph_flops
 from .generation import active_generation
 from .packed_weights import PACKED
 from .session import ModelEntry, Schedules, Session
@@ -89,19 +90,6 @@ def find_latent(inputs: list[GraphInput], example_inputs, timestep: GraphInput |
         if gi.name in LATENT_NAMES:
             return gi.index
     return next((gi.index for gi in users if example_inputs[gi.index].dim() >= 3), None)
-
-
-class _TotalOnly:
-    """Stands in for FlopCounterMode's module tracker: that one installs global module hooks, and
-    while they exist every compiled call in other threads fails Dynamo's guards and recompiles
-    (concurrently: Dynamo errors). report() only needs the total."""
-    parents = ("Global",)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 class CacheRuntime:
@@ -291,8 +279,6 @@ class CacheRuntime:
         """FLOPs of one call of each variant, counted on fake tensors of the captured shapes,
         dtypes and devices (no memory, no compute, whatever dtype or device the model has moved to
         since), in schedule order so that every variant sees state of the right shapes."""
-        from torch.utils.flop_counter import FlopCounterMode
-
         state: dict[str, torch.Tensor] = {}
         flops: dict[str, int] = {}
         fresh_steps: list[int] = []
@@ -305,12 +291,8 @@ class CacheRuntime:
                     fresh_steps.append(step)
                 args = self.assemble(name, example, state, step, fresh_steps)
                 gm = self.variants[name]
-                counter = FlopCounterMode(display=False)
-                counter.mod_tracker = _TotalOnly()
-                with counter:
-                    outs = gm(*args)
+                outs, flops[name] = count_graph_flops(gm, args)
                 state.update(zip(gm.meta["tokencache"]["state_out"], outs[gm.meta["tokencache"]["num_outputs"]:]))
-                flops[name] = int(counter.get_total_flops())
         return flops
 
     def report(self, entry: ModelEntry) -> dict:
