@@ -11,7 +11,7 @@ samples, and class accuracy. `--config 1k`: random weights, 1024 tokens (sample 
 layers of hidden 384), speed only.
 
 FLOP speed-up: the peers run eagerly, so one whole generation is counted under
-`torch.utils.flop_counter.FlopCounterMode` (skipped work is not executed, hence not counted);
+tokencache's FLOP counter (torch's FlopCounterMode with the CPU attention kernel counted; skipped work is not executed, hence not counted);
 tokencache counts FLOPs per variant graph and reports per-generation totals (`tokencache.report`).
 Measured speed-up: `--time-samples` images per generation, one untimed warm-up round, then
 `--rounds` interleaved rounds (uncached, method 1, method 2, ... per round); the ratio is the median
@@ -42,12 +42,12 @@ import traceback
 from datetime import datetime, timezone
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import tokencache
 from tokencache.models.fashion_dit import CONFIG, build_model, load_default_model
 from tokencache.models.sampling import make_noise, sample
 from tokencache.profiling.timing import interleaved
+from tokencache.runtime.flops import flop_counter
 
 from peers_report import mark_pareto, plot, table
 
@@ -316,7 +316,7 @@ def main(argv=None):
                 if rep.get("fallback_reason"):
                     raise RuntimeError(f"tokencache fell back to uncached: {rep['fallback_reason']}")
             else:
-                with FlopCounterMode(display=False) as counter:
+                with flop_counter() as counter:
                     out = generate(model, reset, noise, labels, args.steps)
                 flops[name] = ("count", counter.get_total_flops())
             if embedded:
