@@ -55,7 +55,11 @@ def _sessions(compiled) -> list:
 
 
 def report(compiled) -> dict:
-    """JSON-serialisable report of what tokencache did to a compiled model (see DESIGN.md)."""
+    """JSON-serialisable report of what tokencache did to a compiled model: the policy and config,
+    why it fell back (`fallback_reason`, None when caching), the regions found and why others were
+    rejected, the variants and the step schedule, FLOPs per generation cached and uncached, every
+    graph Dynamo handed over (`graphs`, `graph_breaks`, `recompiles`) and what ran uncached
+    (`uncached`). README "Any graph Dynamo hands over" describes the graph keys."""
     found = _sessions(compiled)
     handle = getattr(compiled, "__dict__", {}).get("_tokencache_handle")
     if not found:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,95 +17,90 @@ INNER_BACKENDS = ("eager", "inductor", "cudagraphs", "onnxruntime", "tensorrt")
 CPU_MATMULS = ("auto", "onednn", "onednn_packed", "aten")
 
 
+CACHING = tuple(p for p in POLICIES if p != "none")
+TOKEN_WISE = ("toca", "duca")
+FORECAST = ("taylorseer", "clusca")
+
+
+def _option(default, doc: str, used_by: tuple[str, ...] | None = None, allowed: tuple | str | None = None):
+    """A CacheConfig field with its one-sentence documentation (README's options table and the CLI
+    flags are generated from it: tokencache/docs.py), its allowed values (a tuple of choices or a
+    phrase) and the policies that read it (None: all of them; setting it under another policy warns)."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "used_by": used_by, "allowed": allowed})
+
+
 @dataclass(frozen=True)
 class CacheConfig:
-    """How tokencache caches a diffusion transformer.
+    """How tokencache caches a diffusion transformer: `torch.compile(..., options={...})` keys.
 
-    policy:      "none" (plain compilation), "fora" (reuse every cached region between fresh
-                 steps), "toca" (recompute the `ratio` highest-scoring tokens of each region).
-    interval:    a fresh (full) step every `interval` steps.
-    ratio:       fraction of tokens recomputed per region in a token-wise step (K = round(ratio*N)).
-    num_steps:   denoising steps per generation; the schedule is precomputed for this many.
-    warmup:      the first `warmup` steps are always fresh. Default (None): the policy's own, 3 for
-                 taylorseer and clusca (their references' and diffusers' default: the forecast needs
-                 the fast-changing first steps computed), 1 for the others.
-    attention:   "reuse": self-attention output is reused in token-wise steps (ToCa's choice);
-                 "tokens": only the queries of the selected tokens are computed, keys/values see
-                 all tokens (exact for the selected rows).
-    context_tokens: joint-attention models (SD3, Flux, ...): the text stream's tokens in token-wise
-                 steps. "recompute": its feed-forward and, under attention="tokens", its queries
-                 run on every text token; "reuse": their cached outputs are reused whole.
-    inner:       backend that compiles each graph variant: "inductor"; "eager" (tests, debugging);
-                 "cudagraphs" (inductor, then each variant captured once as a CUDA graph and
-                 replayed; CUDA inputs only, a warning and plain inductor otherwise); "onnxruntime"
-                 or "tensorrt" (each variant exported to ONNX with frozen weights as
-                 `tokencache.export` does, then run by onnxruntime or built into a TensorRT engine:
-                 deployment numerics, or TensorRT speed, inside the PyTorch loop).
-    cpu_matmul:  kernels for the linear layers of inductor-compiled variants on the CPU: "onednn"
-                 (a GELU after a linear is fused into it; an error if this torch build lacks
-                 oneDNN), "onednn_packed" (oneDNN on packed copies of the GEMM weights, made on
-                 first use and kept: no reorder of each weight per call, for a second copy of
-                 every GEMM weight in memory; runtime/packed_weights.py says how changed weights
-                 are noticed), "aten" (inductor's default, MKL for float32), "auto" (for float32
-                 models where oneDNN is available: "onednn_packed" while the parameters take at
-                 most a quarter of the machine's memory, "onednn" above that; else ATen). On AMD
-                 CPUs MKL runs its AVX2 path and oneDNN is about 2x faster (passes/onednn_linear.py,
-                 BENCHMARKS.md).
-    strict:      raise instead of warning and falling back to the uncached model.
-    staleness_weight, dynamics_weight, spatial_bonus, spatial_grid: the token score (see
-                 ops/token_ops.py): dynamics + staleness, then a bonus for the best token of
-                 every grid cell so that recomputed tokens spread over the image.
-    cfg_shared_tokens: both halves of an even batch ([cond; uncond]) pick the same tokens.
-    selection:   token selection in token-wise steps: "score" (above), "random" (in-graph seeded
-                 generator, the same tokens for every sample), "vnorm" (DuCa's value-vector norms
-                 of the block's self-attention at the last fresh step, plus staleness and the
-                 spatial bonus), "auto" (toca: score, duca: random).
-    seed:        seed of the random selection.
-    aggressive:  DuCa's aggressive steps: "reuse" every region (FORA) or "skip" all blocks (only
-                 the layers after the last block run, on its cached output).
-    order:       TaylorSeer: highest finite-difference order of the forecast (1-4). Default 1, as in
-                 TaylorSeer's FLUX setting, ClusCa and diffusers: on the embedded model order 2 lost
-                 3.9 dB (N=3) against order 1 (BENCHMARKS.md).
-    cache_dtype: dtype of stored Taylor factors ("float32", "float16", "bfloat16").
-    step_weight, layer_weight, ratio_buckets: ToCa's varying ratios. Region ratio =
-                 ratio * (1 + w_s - 2 w_s s/n) * (1 + w_l - 2 w_l l/(L-1)) for step s of n and block
-                 l of L; the step factor is quantised to at most `ratio_buckets` values, one
-                 partial graph each (layer factors are free: every block is its own code).
-    clusters, gamma, cluster_layer, kmeans_iters: ClusCa: k-means clusters (= tokens computed per
-                 feed-forward region in cached steps), propagation weight, the block whose output
-                 is clustered (-1 = last), Lloyd iterations per fresh step.
-    timestep_input: name of the forward() argument holding the timestep ("auto" guesses it);
-                 the runtime uses it to tell steps, CFG calls and new generations apart.
+    Each field's documentation, allowed values and the policies that read it live in its metadata
+    (`tokencache.docs.options()`; README "Options" is generated from it). The policies: "none"
+    (plain compilation), "fora" (reuse every cached module between fresh steps), "toca" (recompute
+    the `ratio` highest-scoring tokens of each module), "duca" (token-wise and aggressive steps
+    alternate), "taylorseer" (forecast module outputs from finite differences), "clusca"
+    (TaylorSeer plus one computed token per k-means cluster, propagated to its cluster).
     """
 
-    policy: str = "toca"
-    interval: int = 3
-    ratio: float = 0.25
-    num_steps: int = 50
-    warmup: int | None = None
-    attention: str = "reuse"
-    context_tokens: str = "recompute"
-    inner: str = "inductor"
-    cpu_matmul: str = "auto"
-    strict: bool = False
-    staleness_weight: float = 0.25
-    dynamics_weight: float = 1.0
-    spatial_bonus: float = 0.4
-    spatial_grid: int = 2
-    cfg_shared_tokens: bool = True
-    timestep_input: str = "auto"
-    selection: str = "auto"
-    seed: int = 0
-    aggressive: str = "reuse"
-    order: int = 1
-    cache_dtype: str = "float32"
-    step_weight: float = 0.0
-    layer_weight: float = 0.0
-    ratio_buckets: int = 3
-    clusters: int = 16
-    gamma: float = 0.005
-    cluster_layer: int = -1
-    kmeans_iters: int = 10
+    policy: str = _option("toca", "the caching method: none (plain compilation), fora (reuse whole modules between "
+                          "fresh steps), toca (recompute the K highest-scoring tokens per module), duca (token-wise "
+                          "and aggressive steps alternate), taylorseer (forecast module outputs from finite "
+                          "differences), clusca (TaylorSeer plus one computed token per k-means cluster).",
+                          allowed=POLICIES)
+    interval: int = _option(3, "a fresh (full) step every `interval` steps.", CACHING, "integer >= 1")
+    ratio: float = _option(0.25, "fraction of tokens recomputed per module in a token-wise step (K = round(ratio·N)); "
+                           "at 1.0 modules that cannot run token-wise run whole.", TOKEN_WISE, "(0, 1]")
+    num_steps: int = _option(50, "denoising steps per generation when no `tokencache.generation(steps=)` block or "
+                             "`compile_pipeline` gives them.", allowed="integer >= 1")
+    warmup: int | None = _option(None, "the first `warmup` steps are always fresh; default 3 for taylorseer and "
+                                 "clusca (a forecast needs the fast-changing first steps computed), 1 otherwise.",
+                                 CACHING, "integer >= 0")
+    attention: str = _option("reuse", "self-attention in token-wise steps: reused whole (ToCa), or only the K "
+                             "selected queries computed against all keys (exact rows).", TOKEN_WISE,
+                             ATTENTION_MODES)
+    context_tokens: str = _option("recompute", "joint-attention models (SD3, Flux, ...): the text stream in "
+                                  "token-wise steps is recomputed every step or reused whole (matters only under "
+                                  "attention=\"tokens\").", TOKEN_WISE, CONTEXT_TOKENS)
+    inner: str = _option("inductor", "what compiles each variant: inductor, eager, cudagraphs (inductor replayed as "
+                         "CUDA graphs), onnxruntime or tensorrt (the variant exported to ONNX as "
+                         "`tokencache.export` does).", allowed=INNER_BACKENDS)
+    cpu_matmul: str = _option("auto", "linear-layer kernels of inductor variants on the CPU: oneDNN (GELU fused), "
+                              "oneDNN on packed weight copies, ATen/MKL, or auto (packed oneDNN for float32 models "
+                              "that fit a quarter of memory).", allowed=CPU_MATMULS)
+    strict: bool = _option(False, "raise instead of warning and running uncached when caching cannot apply.",
+                           allowed=(True, False))
+    staleness_weight: float = _option(0.25, "weight of a token's steps since it was computed in the token score.",
+                                      TOKEN_WISE, "number >= 0")
+    dynamics_weight: float = _option(1.0, "weight of how much a token's input changed since the last fresh step "
+                                     "in the token score.", TOKEN_WISE, "number >= 0")
+    spatial_bonus: float = _option(0.4, "score bonus of the best token of every grid cell, so that recomputed "
+                                   "tokens spread over the image.", TOKEN_WISE, "number >= 0")
+    spatial_grid: int = _option(2, "side of the grid cells of the spatial bonus, in tokens.", TOKEN_WISE,
+                                "integer >= 1")
+    cfg_shared_tokens: bool = _option(True, "both halves of a [cond; uncond] batch select the same tokens.",
+                                      TOKEN_WISE, (True, False))
+    timestep_input: str = _option("auto", "forward() argument holding the timestep, used to tell steps, CFG calls "
+                                  "and generations apart (auto: timestep, timesteps, t, sigma, sigmas).",
+                                  allowed="an argument name")
+    selection: str = _option("auto", "token selection: the score, an in-graph seeded random draw, DuCa's "
+                             "value-norm prior (vnorm), or auto (duca: random, toca: score).", TOKEN_WISE,
+                             SELECTIONS)
+    seed: int = _option(0, "seed of random selections and draws.", (*TOKEN_WISE, "clusca"), "integer >= 0")
+    aggressive: str = _option("reuse", "DuCa's aggressive steps reuse every module, or skip all blocks.",
+                              ("duca",), AGGRESSIVE)
+    order: int = _option(1, "highest finite-difference order of the forecast.", FORECAST, "1..4")
+    cache_dtype: str = _option("float32", "dtype of the stored forecast factors.", FORECAST, CACHE_DTYPES)
+    step_weight: float = _option(0.0, "ToCa's varying ratio over steps: ratio·(1 + w - 2w·s/n) at step s of n, "
+                                 "quantised into at most `ratio_buckets` partial graphs.", TOKEN_WISE, "[-1, 1]")
+    layer_weight: float = _option(0.0, "ToCa's varying ratio over blocks: ratio·(1 + w - 2w·l/(L-1)) at block l of "
+                                  "L (free: every block is its own code).", TOKEN_WISE, "[-1, 1]")
+    ratio_buckets: int = _option(3, "how many partial graphs a varying step ratio is quantised into.", TOKEN_WISE,
+                                 "integer >= 1")
+    clusters: int = _option(16, "k-means clusters, one computed token each per module in cached steps.",
+                            ("clusca",), "integer >= 1")
+    gamma: float = _option(0.005, "weight of a cluster's computed token propagated to its members.", ("clusca",),
+                           "[0, 1]")
+    cluster_layer: int = _option(-1, "the block whose output is clustered (-1: the last).", ("clusca",), "integer")
+    kmeans_iters: int = _option(10, "Lloyd iterations of k-means per fresh step.", ("clusca",), "integer >= 1")
 
     def __post_init__(self):
         if self.warmup is None and self.policy in POLICIES:
@@ -129,6 +125,21 @@ class CacheConfig:
                 raise ValueError(f"tokencache option {name!r} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.timestep_input, str) or not self.timestep_input:
             raise ValueError(f"tokencache option 'timestep_input' must be a non-empty string, got {self.timestep_input!r}")
+        for name in self.ignored_options():
+            warnings.warn(f"tokencache option {name}={getattr(self, name)!r} is read only by "
+                          f"{_readers(name)}; policy {self.policy!r} ignores it", stacklevel=3)
+
+    def ignored_options(self) -> list[str]:
+        """Options set away from their default that the chosen policy does not read."""
+        out = []
+        for f in dataclasses.fields(self):
+            used_by = f.metadata.get("used_by")
+            default = f.default
+            if f.name == "warmup":
+                default = DEFAULT_WARMUP.get(self.policy, 1)
+            if used_by is not None and self.policy not in used_by and getattr(self, f.name) != default:
+                out.append(f.name)
+        return out
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | "CacheConfig" | None) -> "CacheConfig":
@@ -157,6 +168,11 @@ class CacheConfig:
         if self.selection != "auto":
             return self.selection
         return "random" if policy == "duca" else "score"
+
+
+def _readers(name: str) -> str:
+    used_by = next(f.metadata["used_by"] for f in dataclasses.fields(CacheConfig) if f.name == name)
+    return ("policy " if len(used_by) == 1 else "policies ") + ", ".join(repr(p) for p in used_by)
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

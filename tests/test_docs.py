@@ -1,0 +1,63 @@
+"""User docs generated from the code cannot drift: README's options table and the CLI flags come
+from CacheConfig's field metadata; options another policy reads warn."""
+import dataclasses
+import warnings
+from pathlib import Path
+
+import pytest
+
+import tokencache
+from tokencache.cli import build_parser
+from tokencache.cli_args import cache_flags
+from tokencache.config import POLICIES, CacheConfig
+from tokencache.docs import END, START, options, options_table, render_into
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_options_table_is_generated_from_the_config():
+    text = README.read_text()
+    assert text == render_into(text), "README's options table is stale: run `python -m tokencache.docs README.md`"
+    block = text.split(START, 1)[1].split(END, 1)[0]
+    for field in dataclasses.fields(CacheConfig):
+        assert f"| `{field.name}` |" in block
+
+
+def test_every_option_has_one_sentence_and_known_readers():
+    for o in options():
+        assert o.doc and o.doc.endswith(".") and "\n" not in o.doc, o.name
+        assert o.used_by is None or set(o.used_by) <= set(POLICIES) - {"none"}, o.name
+
+
+def test_config_docstring_names_every_policy():
+    for policy in POLICIES:
+        assert f'"{policy}"' in CacheConfig.__doc__, policy
+
+
+def test_report_docstring_points_at_the_readme():
+    assert "DESIGN.md" not in tokencache.report.__doc__ and "README" in tokencache.report.__doc__
+
+
+@pytest.mark.parametrize("command", ["demo", "profile"])
+def test_cli_has_a_flag_per_option(command):
+    parser = build_parser()
+    args = parser.parse_args([command, "--clusters", "8", "--cfg-shared-tokens", "false", "--attention", "tokens"])
+    assert cache_flags(args) == {"clusters": 8, "cfg_shared_tokens": False, "attention": "tokens"}
+    help_text = parser._subparsers._group_actions[0].choices[command].format_help()
+    for o in options():
+        if o.name not in ("policy", "inner", "num_steps", "timestep_input"):
+            assert "--" + o.name.replace("_", "-") in help_text, o.name
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--attention", "sometimes"])
+
+
+def test_an_option_another_policy_reads_warns():
+    with pytest.warns(UserWarning, match=r"clusters=32 is read only by policy 'clusca'; policy 'toca' ignores it"):
+        CacheConfig(policy="toca", clusters=32)
+    with pytest.warns(UserWarning, match=r"ratio=0.5 .* policies 'toca', 'duca'; policy 'fora'"):
+        tokencache.CacheConfig.from_options({"policy": "fora", "ratio": 0.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CacheConfig(policy="clusca", clusters=32)
+        CacheConfig(policy="taylorseer", warmup=3)       # its own default
+        CacheConfig(policy="fora", interval=5, num_steps=20, inner="eager")
