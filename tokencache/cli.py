@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 # UsageError stays importable from here, as before
-from .cli_args import UsageError, check_output_dir, check_output_file, one_line, positive_int, ratio  # noqa: F401
-from .config import CONTEXT_TOKENS, INNER_BACKENDS, POLICIES
+from .cli_args import UsageError, add_cache_flags, cache_flags, check_output_dir, check_output_file, one_line, positive_int, ratio  # noqa: F401
+from .config import INNER_BACKENDS, POLICIES
 from .models import EMBEDDED
 
 
@@ -18,33 +18,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", choices=list(EMBEDDED), default="embedded",
                       help="the shipped model: the DiT (default), its cross-attention (PixArt) or joint-attention (MMDiT) sibling")
     demo.add_argument("--policy", choices=POLICIES, default="toca")
-    demo.add_argument("--interval", type=positive_int, default=3)
-    demo.add_argument("--ratio", type=ratio, default=0.25)
     demo.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 50; 20 with --quick)")
     demo.add_argument("--samples", type=positive_int, default=None, help="images per run (default 20; 10 with --quick)")
     demo.add_argument("--rounds", type=positive_int, default=None, help="timed interleaved rounds (default 3; 1 with --quick)")
     demo.add_argument("--inner", choices=INNER_BACKENDS, default=None, help="default inductor; eager with --quick")
-    demo.add_argument("--context-tokens", choices=CONTEXT_TOKENS, default=None,
-                      help="joint attention's text tokens in token-wise steps (default recompute)")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))
     demo.add_argument("--quick", action="store_true", help="small and eager: under a minute on 2 CPU cores")
+    add_cache_flags(demo)
 
     prof = sub.add_parser("profile", help="latency, FLOPs and fidelity: uncached vs tokencache, interleaved")
     prof.add_argument("--model", default="embedded",
                       help="embedded (default), embedded-pixart, embedded-mmdit, dit-s, pixart-1k, or package.module:factory returning (model, forward kwargs)")
     prof.add_argument("--policy", default="toca",
                       help=f"one or more comma-separated policies to compare ({', '.join(p for p in POLICIES if p != 'none')})")
-    prof.add_argument("--interval", type=positive_int, default=3)
-    prof.add_argument("--ratio", type=ratio, default=0.25)
     prof.add_argument("--steps", type=positive_int, default=None, help="steps per generation (default 20; 8 with --quick)")
     prof.add_argument("--rounds", type=positive_int, default=None, help="interleaved timed rounds (default 5; 2 with --quick)")
     prof.add_argument("--inner", choices=INNER_BACKENDS, default=None, help="default inductor; eager with --quick")
-    prof.add_argument("--context-tokens", choices=CONTEXT_TOKENS, default=None,
-                      help="joint attention's text tokens in token-wise steps (default recompute)")
     prof.add_argument("--json", dest="json_path", default=None, help="write the full result as JSON here")
     prof.add_argument("--plot", default=None, help="write a PNG: step timeline by variant, speed vs fidelity")
     prof.add_argument("--trace", default=None, help="write a torch.profiler (chrome) trace of one cached generation")
     prof.add_argument("--quick", action="store_true", help="few steps, eager, 2 rounds")
+    add_cache_flags(prof)
 
     from .exporters.cli import add_export_parser
     add_export_parser(sub)
@@ -73,10 +67,12 @@ def _run(args) -> int:
 
         quick = args.quick
         check_output_dir(args.out, "--out")
-        result = run_demo(policy=args.policy, interval=args.interval, ratio=args.ratio,
+        extra = cache_flags(args)
+        result = run_demo(policy=args.policy, interval=extra.pop("interval", 3), ratio=extra.pop("ratio", 0.25),
                           steps=args.steps or (20 if quick else 50), samples=args.samples or (10 if quick else 20),
                           rounds=args.rounds or (1 if quick else 3), inner=args.inner or ("eager" if quick else "inductor"),
-                          out=args.out, model=args.model, context_tokens=args.context_tokens)
+                          out=args.out, model=args.model, context_tokens=extra.pop("context_tokens", None),
+                          options=extra)
         print(format_table(result))
         print("wrote " + ", ".join(result["files"]))
     elif args.command == "profile":
@@ -112,9 +108,10 @@ def _profile(args) -> int:
         return 2
     steps, rounds = args.steps or (8 if args.quick else 20), args.rounds or (2 if args.quick else 5)
     inner = args.inner or ("eager" if args.quick else "inductor")
-    extra = {"context_tokens": args.context_tokens} if args.context_tokens else {}
-    settings = {f"{p} N={args.interval}" + (f" r={args.ratio}" if p in ("toca", "duca") else ""):
-                {"policy": p, "interval": args.interval, "ratio": args.ratio, **extra} for p in policies}
+    extra = cache_flags(args)
+    interval, ratio = extra.pop("interval", 3), extra.pop("ratio", 0.25)
+    settings = {f"{p} N={interval}" + (f" r={ratio}" if p in ("toca", "duca") else ""):
+                {"policy": p, "interval": interval, "ratio": ratio, **extra} for p in policies}
     try:
         with tqdm(total=(1 + len(settings)) * (1 + rounds), desc="profiling (first pass compiles)") as bar:
             result = run_profile(target, settings, steps=steps, rounds=rounds, inner=inner, trace=args.trace, progress=bar)

@@ -21,6 +21,39 @@ def ratio(text: str) -> float:
     return value
 
 
+# options the commands set themselves (--policy, --inner, --steps) or that the shipped models fix
+_OWN_FLAGS = {"policy", "inner", "num_steps", "timestep_input"}
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, got {text}")
+
+
+def add_cache_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per CacheConfig option (`--spatial-bonus 0.5`), typed, with its documentation as
+    help (tokencache/docs.py). Unset flags stay None: the option keeps its default. Values are
+    checked by CacheConfig, which names the option and what it allows."""
+    from .docs import options
+
+    group = parser.add_argument_group("cache options (tokencache.CacheConfig; README \"Options\")")
+    for o in options():
+        if o.name in _OWN_FLAGS:
+            continue
+        kind = _boolean if isinstance(o.default, bool) else type(o.default) if o.default is not None else int
+        choices = list(o.allowed) if isinstance(o.allowed, tuple) and not isinstance(o.default, bool) else None
+        group.add_argument("--" + o.name.replace("_", "-"), dest=f"cache_{o.name}", type=kind, choices=choices,
+                           default=None, metavar=None if choices else o.name.upper(), help=f"{o.doc} (default {o.default if o.default is not None else 'per policy'})")
+
+
+def cache_flags(args: argparse.Namespace) -> dict:
+    """The cache options given on the command line, by CacheConfig field name."""
+    return {k[len("cache_"):]: v for k, v in vars(args).items() if k.startswith("cache_") and v is not None}
+
+
 class UsageError(ValueError):
     """A user error the CLI reports in one line, with exit code 2."""
 

@@ -25,12 +25,14 @@ from .profiling.timing import interleaved, median_ratio, median_total
 def run_demo(policy: str = "toca", interval: int = 3, ratio: float = 0.25, steps: int = 50,
              samples: int = 20, rounds: int = 3, inner: str = "inductor", out: Path = Path("demo_out"),
              seed: int = 0, guidance: float = DEFAULT_GUIDANCE, model: str = "embedded",
-             context_tokens: str | None = None) -> dict:
+             context_tokens: str | None = None, options: dict | None = None) -> dict:
+    """Uncached vs cached generations of a shipped model; `options`: further CacheConfig options
+    of the cached run."""
     model_name, model = model, load_embedded(model)
     noise = make_noise(samples, seed)
     labels = torch.arange(samples) % 10
     options = dict(num_steps=steps, inner=inner)
-    cached_options = {"context_tokens": context_tokens} if context_tokens else {}
+    cached_options = {**({"context_tokens": context_tokens} if context_tokens else {}), **(options or {})}
     runs = {"uncached": tokencache.compile(model, policy="none", **options),
             "tokencache": tokencache.compile(model, policy=policy, interval=interval, ratio=ratio,
                                                 **options, **cached_options)}
@@ -57,7 +59,7 @@ def run_demo(policy: str = "toca", interval: int = 3, ratio: float = 0.25, steps
         "model": EMBEDDED[model_name].description,
         "settings": dict(model=model_name, policy=policy, interval=interval, ratio=ratio, steps=steps, samples=samples,
                          rounds=rounds, inner=inner, guidance=guidance, seed=seed,
-                         context_tokens=context_tokens or "recompute"),
+                         context_tokens=context_tokens or "recompute", **(options or {})),
         "uncached_s": median_total(timed["uncached"]),
         "tokencache_s": median_total(timed["tokencache"]),
         "first_generation_s": first,
