@@ -1,6 +1,6 @@
 """Dependencies between tokencache's packages point one way (issue 15, part 2):
 
-    config, errors, compat, switches, cli_args, version  <-  compiler (analysis)  <-  ops, passes  <-  policies
+    config, errors, compat, switches, cli_args, version, docs  <-  compiler (analysis)  <-  ops, passes  <-  policies
         <-  runtime  <-  exporters  <-  API (tokencache, introspect, pipeline), profiling, models
         <-  cli, demo
 
@@ -18,7 +18,7 @@ import tokencache
 
 PACKAGE = Path(tokencache.__file__).parent
 LAYERS = [
-    {"config", "errors", "compat", "switches", "cli_args", "version"},
+    {"config", "errors", "compat", "switches", "cli_args", "version", "docs"},
     {"compiler"},
     {"ops", "passes"},
     {"policies"},

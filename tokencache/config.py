@@ -6,7 +6,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-POLICIES = ("none", "fora", "toca", "duca", "taylorseer", "clusca")
+POLICIES = ("none", "fora", "toca", "duca", "taylorseer", "clusca", "dato")
 ATTENTION_MODES = ("reuse", "tokens")
 CONTEXT_TOKENS = ("recompute", "reuse")
 SELECTIONS = ("auto", "score", "random", "vnorm")
@@ -38,13 +38,17 @@ class CacheConfig:
     (plain compilation), "fora" (reuse every cached module between fresh steps), "toca" (recompute
     the `ratio` highest-scoring tokens of each module), "duca" (token-wise and aggressive steps
     alternate), "taylorseer" (forecast module outputs from finite differences), "clusca"
-    (TaylorSeer plus one computed token per k-means cluster, propagated to its cluster).
+    (TaylorSeer plus one computed token per k-means cluster, propagated to its cluster), "dato"
+    (DaTo: in fresh steps self-attention runs on the tokens kept after pruning the sources most
+    similar to their patch's highest-dynamics token; modules are reused between fresh steps).
     """
 
     policy: str = _option("toca", "the caching method: none (plain compilation), fora (reuse whole modules between "
                           "fresh steps), toca (recompute the K highest-scoring tokens per module), duca (token-wise "
                           "and aggressive steps alternate), taylorseer (forecast module outputs from finite "
-                          "differences), clusca (TaylorSeer plus one computed token per k-means cluster).",
+                          "differences), clusca (TaylorSeer plus one computed token per k-means cluster), dato "
+                          "(self-attention on the tokens left after pruning redundant ones in fresh steps, modules "
+                          "reused between them).",
                           allowed=POLICIES)
     interval: int = _option(3, "a fresh (full) step every `interval` steps.", CACHING, "integer >= 1")
     ratio: float = _option(0.25, "fraction of tokens recomputed per module in a token-wise step (K = round(ratio·N)); "
@@ -77,14 +81,14 @@ class CacheConfig:
     spatial_grid: int = _option(2, "side of the grid cells of the spatial bonus, in tokens.", TOKEN_WISE,
                                 "integer >= 1")
     cfg_shared_tokens: bool = _option(True, "both halves of a [cond; uncond] batch select the same tokens.",
-                                      TOKEN_WISE, (True, False))
+                                      (*TOKEN_WISE, "dato"), (True, False))
     timestep_input: str = _option("auto", "forward() argument holding the timestep, used to tell steps, CFG calls "
                                   "and generations apart (auto: timestep, timesteps, t, sigma, sigmas).",
                                   allowed="an argument name")
     selection: str = _option("auto", "token selection: the score, an in-graph seeded random draw, DuCa's "
                              "value-norm prior (vnorm), or auto (duca: random, toca: score).", TOKEN_WISE,
                              SELECTIONS)
-    seed: int = _option(0, "seed of random selections and draws.", (*TOKEN_WISE, "clusca"), "integer >= 0")
+    seed: int = _option(0, "seed of random selections and draws.", (*TOKEN_WISE, "clusca", "dato"), "integer >= 0")
     aggressive: str = _option("reuse", "DuCa's aggressive steps reuse every module, or skip all blocks.",
                               ("duca",), AGGRESSIVE)
     order: int = _option(1, "highest finite-difference order of the forecast.", FORECAST, "1..4")
@@ -101,6 +105,10 @@ class CacheConfig:
                            "[0, 1]")
     cluster_layer: int = _option(-1, "the block whose output is clustered (-1: the last).", ("clusca",), "integer")
     kmeans_iters: int = _option(10, "Lloyd iterations of k-means per fresh step.", ("clusca",), "integer >= 1")
+    prune_ratio: float = _option(0.4, "fraction of the non-destination tokens pruned before self-attention in "
+                                 "fresh steps (DaTo's default).", ("dato",), "[0, 1)")
+    prune_patch: int = _option(2, "side of the token patches that each keep one destination token.", ("dato",),
+                               "integer >= 1")
 
     def __post_init__(self):
         if self.warmup is None and self.policy in POLICIES:
@@ -110,12 +118,15 @@ class CacheConfig:
                               ("selection", SELECTIONS), ("aggressive", AGGRESSIVE), ("cache_dtype", CACHE_DTYPES)):
             _choice(name, getattr(self, name), allowed)
         for name, low in (("interval", 1), ("num_steps", 1), ("warmup", 0), ("spatial_grid", 1), ("seed", 0),
-                          ("ratio_buckets", 1), ("clusters", 1), ("kmeans_iters", 1)):
+                          ("ratio_buckets", 1), ("clusters", 1), ("kmeans_iters", 1), ("prune_patch", 1)):
             _int_at_least(name, self.__dict__[name], low)
         _int_at_least("order", self.order, 1, high=4)
         _int_at_least("cluster_layer", self.cluster_layer, None)
         _number("ratio", self.ratio, 0.0, 1.0, low_open=True)
         _number("gamma", self.gamma, 0.0, 1.0)
+        if not (isinstance(self.prune_ratio, (int, float)) and not isinstance(self.prune_ratio, bool)
+                and 0 <= self.prune_ratio < 1):
+            raise ValueError(f"tokencache option 'prune_ratio' must be a number in [0, 1), got {self.prune_ratio!r}")
         for name in ("step_weight", "layer_weight"):
             _number(name, getattr(self, name), -1.0, 1.0)
         for name in ("staleness_weight", "dynamics_weight", "spatial_bonus"):

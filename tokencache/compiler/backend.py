@@ -166,7 +166,8 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs, dynamic_reaso
         "rejected_modules": [{"module": m, "reason": why} for m, why in (analysis.rejected if analysis else [])],
     }
     return CacheRuntime(config, policy, variants, schedule, inputs, example_inputs, timestep, base,
-                        autograd_graph=gm if autograd else None)
+                        autograd_graph=gm if autograd else None,
+                        captured=gm if getattr(policy, "fresh_computes_less", False) else None)
 
 
 def _unsupported(analysis) -> str | None:

@@ -89,11 +89,14 @@ def _tensor_args(node: fx.Node, axes: dict[str, int]) -> list[fx.Node]:
 
 def propagate(nodes: list[fx.Node], start: fx.Node, start_axis: int, tokens: int,
               stop_at: set[str] = frozenset(), info: PathInfo | None = None,
-              start_layout: Layout | None = None) -> dict[str, int]:
+              start_layout: Layout | None = None, attention_over_rows: bool = False) -> dict[str, int]:
     """Token axis of every node in `nodes` reachable from `start` (in graph order).
 
     `stop_at`: node names whose token axis is set by the caller (e.g. the attention output).
     `info`: filled with layouts, per-token tables, token-axis slices and joins (see PathInfo).
+    `attention_over_rows`: an attention whose queries, keys and values all carry the token axis
+    attends over the rows present (DaTo's pruned attention: run on a subset of the tokens, it
+    attends over that subset); otherwise attention mixes tokens.
     Raises NotTokenLocal naming the first op that would mix tokens.
     """
     info = info if info is not None else PathInfo()
@@ -105,9 +108,25 @@ def propagate(nodes: list[fx.Node], start: fx.Node, start_axis: int, tokens: int
         on_path = _tensor_args(node, axes)
         if not on_path:
             continue
-        axis, layout = _axis_after(node, on_path, axes, info)
+        if attention_over_rows and op_name(node) == SDPA:
+            axis, layout = _attention_over_rows(node, axes, info)
+        else:
+            axis, layout = _axis_after(node, on_path, axes, info)
         axes[node.name], info.layouts[node.name] = axis, layout
     return axes
+
+
+def _attention_over_rows(node: fx.Node, axes: dict[str, int], info: PathInfo) -> tuple[int, Layout]:
+    q, k, v = (node.args[i] if len(node.args) > i else node.kwargs.get(n) for i, n in enumerate(("query", "key", "value")))
+    where = f"{SDPA} at {node.name}"
+    if not all(isinstance(a, fx.Node) and a.name in axes for a in (q, k, v)):
+        raise NotTokenLocal(f"{where}: keys or values do not come from the pruned tokens")
+    rank = len(shape_of(q) or ())
+    if any(axes[a.name] != rank - 2 for a in (q, k, v)) or len({info.layouts[a.name] for a in (q, k, v)}) != 1:
+        raise NotTokenLocal(f"{where}: queries, keys and values hold the tokens on different axes")
+    if node.kwargs.get("attn_mask") is not None or len(node.args) > 3 and node.args[3] is not None:
+        raise NotTokenLocal(f"{where}: an attention mask over all tokens")
+    return axes[q.name], info.layouts[q.name]
 
 
 def _axis_after(node: fx.Node, on_path: list[fx.Node], axes: dict[str, int], info: PathInfo) -> tuple[int, Layout]:

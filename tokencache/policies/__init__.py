@@ -1,6 +1,7 @@
 """Policies by name: each is a schedule plus the passes that build its variants."""
 from .base import FRESH, Policy, is_fresh_step
 from .clusca import ClusCaPolicy
+from .dato import DatoPolicy
 from .duca import DucaPolicy
 from .fora import ForaPolicy
 from .none import NonePolicy
@@ -8,7 +9,7 @@ from .taylorseer import TaylorSeerPolicy
 from .toca import TocaPolicy
 
 POLICIES = {"none": NonePolicy(), "fora": ForaPolicy(), "toca": TocaPolicy(), "duca": DucaPolicy(),
-            "taylorseer": TaylorSeerPolicy(), "clusca": ClusCaPolicy()}
+            "taylorseer": TaylorSeerPolicy(), "clusca": ClusCaPolicy(), "dato": DatoPolicy()}
 
 
 def get_policy(name: str) -> Policy:

@@ -95,7 +95,8 @@ def find_latent(inputs: list[GraphInput], example_inputs, timestep: GraphInput |
 class CacheRuntime:
     def __init__(self, config: CacheConfig, policy, variants: dict[str, fx.GraphModule], schedule: list[str],
                  inputs: list[GraphInput], example_inputs: list, timestep: GraphInput | None,
-                 report_base: dict, autograd_graph: fx.GraphModule | None = None):
+                 report_base: dict, autograd_graph: fx.GraphModule | None = None,
+                 captured: fx.GraphModule | None = None):
         self.config = config
         self.policy = policy
         self.variants = variants
@@ -120,6 +121,8 @@ class CacheRuntime:
         self.examples = [ExampleSpec.of(x, keep=i not in params) for i, x in enumerate(example_inputs)]
         self.latent_index = find_latent(inputs, example_inputs, timestep)
         self.autograd_graph = autograd_graph           # captured with grad enabled: run as is
+        # the graph as captured, for the uncached FLOP count: a fresh variant may compute less (dato)
+        self.captured = captured
         self.graph_pool = None
         self._compile_lock = threading.Lock()
         # a CUDA graph replays fixed buffers: one call at a time; other inner backends are re-entrant
@@ -295,6 +298,14 @@ class CacheRuntime:
                 state.update(zip(gm.meta["tokencache"]["state_out"], outs[gm.meta["tokencache"]["num_outputs"]:]))
         return flops
 
+    def uncached_flops(self, flops: dict[str, int]) -> int:
+        """FLOPs of one uncached call: the captured graph's, else the first variant's."""
+        if self.captured is None:
+            return flops[self.schedule[0]]
+        with torch.no_grad(), fake_tensor_mode():
+            example = [spec.empty() if isinstance(spec, ExampleSpec) else spec for spec in self.examples]
+            return count_graph_flops(self.captured, example)[1]
+
     def report(self, entry: ModelEntry) -> dict:
         flops = self.variant_flops()
         steps = self.schedule
@@ -307,7 +318,7 @@ class CacheRuntime:
                          for name, gm in self.variants.items()},
             "schedule": list(steps),
             "flops_per_generation": sum(flops[v] for v in steps),
-            "flops_uncached_generation": flops[steps[0]] * len(steps),
+            "flops_uncached_generation": self.uncached_flops(flops) * len(steps),
             "cache_bytes": entry.cache_bytes(),
             "generations": entry.generations,
             "restarts": entry.restarts,

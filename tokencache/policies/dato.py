@@ -1,0 +1,56 @@
+"""dato (DaTo): fresh steps run each self-attention on the tokens left after pruning the most
+redundant ones (passes/prune.py); between fresh steps every cached region is reused (FORA-like).
+
+Exact with prune_ratio=0 and interval=1: every step fresh, attention over all tokens.
+"""
+from __future__ import annotations
+
+from ..ops.prune_ops import patch_count
+from ..passes import fresh, reuse
+from ..passes.prune import prune_attention, pruned_path
+from ..compiler.token_axis import NotTokenLocal
+from .base import FRESH, interval_schedule
+
+
+def _candidates(analysis, config):
+    return [r for r in analysis.regions if r.kind == "self_attention" and r.stream == "image"
+            and patch_count(r.tokens, config.prune_patch)]
+
+
+class DatoPolicy:
+    name = "dato"
+    fresh_computes_less = True     # its fresh steps prune: the uncached FLOPs come from the captured graph
+
+    def check(self, analysis, config):
+        if not analysis.regions:
+            return "no cacheable regions"
+        if not _candidates(analysis, config):
+            attention = [r for r in analysis.regions if r.kind == "self_attention"]
+            if not attention:
+                return ("dato prunes tokens before self-attention and no self-attention module was found "
+                        "(policy='fora' reuses whole modules)")
+            return (f"dato needs the tokens on a square grid that patches of {config.prune_patch}x"
+                    f"{config.prune_patch} divide; {attention[0].name} has {attention[0].tokens} tokens "
+                    "(set prune_patch, or policy='fora')")
+        return None
+
+    def variants(self, gm, analysis, config):
+        prunable = []
+        for region in _candidates(analysis, config):
+            try:
+                pruned_path(gm, region)
+                prunable.append(region)
+            except NotTokenLocal:
+                continue          # kept whole in fresh steps; still reused between them
+        full = fresh(gm, analysis.regions, [])
+        return {FRESH: prune_attention(full, prunable, config) if prunable else full,
+                "reuse": reuse(gm, analysis.regions)}
+
+    def schedule(self, config):
+        return interval_schedule(config, "reuse")
+
+    def computed_tokens(self, analysis, config):
+        return {r.name: 0 for r in analysis.regions}
+
+    def host_inputs(self, variant, step, fresh_steps, config):
+        return {}
