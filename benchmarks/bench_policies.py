@@ -39,6 +39,10 @@ SETTINGS = {
     "taylorseer N=5 o=2 w=1": dict(policy="taylorseer", interval=5, order=2, warmup=1),
     "clusca N=5 K=16": dict(policy="clusca", interval=5, clusters=16),
     "clusca N=5 K=16 o=2 w=1": dict(policy="clusca", interval=5, clusters=16, order=2, warmup=1),
+    # DaTo: pruned self-attention in fresh steps (prune 0.4 = its reference default), reuse between
+    "dato N=1 p=0.4": dict(policy="dato", interval=1, prune_ratio=0.4),
+    "dato N=2 p=0.4": dict(policy="dato", interval=2, prune_ratio=0.4),
+    "dato N=3 p=0.4": dict(policy="dato", interval=3, prune_ratio=0.4),
 }
 
 
