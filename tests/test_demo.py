@@ -21,4 +21,4 @@ def test_demo_rejects_bad_ratio(capsys):
     import pytest
     with pytest.raises(SystemExit):
         main(["demo", "--ratio", "1.5"])
-    assert "must be in (0, 1]" in capsys.readouterr().err
+    assert "'ratio' must be a number in (0, 1], got 1.5" in capsys.readouterr().err

@@ -61,3 +61,23 @@ def test_an_option_another_policy_reads_warns():
         CacheConfig(policy="clusca", clusters=32)
         CacheConfig(policy="taylorseer", warmup=3)       # its own default
         CacheConfig(policy="fora", interval=5, num_steps=20, inner="eager")
+
+
+def test_demo_passes_cache_flags_through(monkeypatch, tmp_path):
+    """`tokencache demo --clusters 8 ...` reaches tokencache.compile of the cached run."""
+    import tokencache.demo as demo
+
+    seen = []
+
+    def compile_stub(model, **kw):
+        seen.append(kw)
+        if kw["policy"] != "none":
+            raise RuntimeError("stop")
+        return model
+    monkeypatch.setattr(demo.tokencache, "compile", compile_stub)
+    monkeypatch.setattr(demo, "load_embedded", lambda name: None)
+    with pytest.raises(RuntimeError, match="stop"):
+        demo.run_demo(policy="clusca", steps=2, samples=1, rounds=1, inner="eager", out=tmp_path,
+                      options={"clusters": 8})
+    assert seen[1]["policy"] == "clusca" and seen[1]["clusters"] == 8 and seen[1]["num_steps"] == 2
+    assert "clusters" not in seen[0]

@@ -33,6 +33,26 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"must be true or false, got {text}")
 
 
+def _checked(name: str, kind, policy: str):
+    """A flag type that parses the text, then lets CacheConfig judge the value (under a policy that
+    reads the option), so a bad value is a usage error naming what is allowed."""
+    import warnings
+
+    from .config import CacheConfig
+
+    def parse(text: str):
+        value = kind(text)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                CacheConfig(**{"policy": policy, name: value})
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+    parse.__name__ = getattr(kind, "__name__", name)
+    return parse
+
+
 def add_cache_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per CacheConfig option (`--spatial-bonus 0.5`), typed, with its documentation as
     help (tokencache/docs.py). Unset flags stay None: the option keeps its default. Values are
@@ -45,7 +65,9 @@ def add_cache_flags(parser: argparse.ArgumentParser) -> None:
             continue
         kind = _boolean if isinstance(o.default, bool) else type(o.default) if o.default is not None else int
         choices = list(o.allowed) if isinstance(o.allowed, tuple) and not isinstance(o.default, bool) else None
-        group.add_argument("--" + o.name.replace("_", "-"), dest=f"cache_{o.name}", type=kind, choices=choices,
+        reader = o.used_by[0] if o.used_by else "toca"
+        group.add_argument("--" + o.name.replace("_", "-"), dest=f"cache_{o.name}", choices=choices,
+                           type=_checked(o.name, kind, reader),
                            default=None, metavar=None if choices else o.name.upper(), help=f"{o.doc} (default {o.default if o.default is not None else 'per policy'})")
 
 

@@ -28,11 +28,12 @@ def run_demo(policy: str = "toca", interval: int = 3, ratio: float = 0.25, steps
              context_tokens: str | None = None, options: dict | None = None) -> dict:
     """Uncached vs cached generations of a shipped model; `options`: further CacheConfig options
     of the cached run."""
+    extra = dict(options or {})
     model_name, model = model, load_embedded(model)
     noise = make_noise(samples, seed)
     labels = torch.arange(samples) % 10
     options = dict(num_steps=steps, inner=inner)
-    cached_options = {**({"context_tokens": context_tokens} if context_tokens else {}), **(options or {})}
+    cached_options = {**({"context_tokens": context_tokens} if context_tokens else {}), **extra}
     runs = {"uncached": tokencache.compile(model, policy="none", **options),
             "tokencache": tokencache.compile(model, policy=policy, interval=interval, ratio=ratio,
                                                 **options, **cached_options)}
@@ -59,7 +60,7 @@ def run_demo(policy: str = "toca", interval: int = 3, ratio: float = 0.25, steps
         "model": EMBEDDED[model_name].description,
         "settings": dict(model=model_name, policy=policy, interval=interval, ratio=ratio, steps=steps, samples=samples,
                          rounds=rounds, inner=inner, guidance=guidance, seed=seed,
-                         context_tokens=context_tokens or "recompute", **(options or {})),
+                         context_tokens=context_tokens or "recompute", **extra),
         "uncached_s": median_total(timed["uncached"]),
         "tokencache_s": median_total(timed["tokencache"]),
         "first_generation_s": first,
