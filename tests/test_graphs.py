@@ -673,3 +673,30 @@ def test_report_counts_flex_attention_as_dense_attention():
                 compiled(torch.randn(2, 8, 16), torch.full((2,), t))
         flops[flex] = tokencache.report(compiled)["flops_uncached_generation"]
     assert flops[True] == flops[False] > 0
+
+
+def test_graph_recompiled_mid_generation_runs_every_generation_alike():
+    """The first step's latent is contiguous, later ones are not (JoyImage's loop): Dynamo recompiles
+    the model's frame at step 1, and that graph joins each generation from step 1 on. It must
+    drop its caches when it joins (it reused the previous generation's, so generations differed)."""
+    case = reference_case(depth=2)
+    model = case.build()
+    x0 = noise(case)
+
+    def run(m):
+        x = x0.clone()
+        sigmas = torch.linspace(1.0, 0.0, 7)
+        with torch.no_grad():
+            for i in range(6):
+                t = (sigmas[i] * 1000).expand(x.shape[0]).contiguous()
+                latent = x if i == 0 else x.transpose(2, 3).contiguous().transpose(2, 3)   # other strides
+                x = x + (sigmas[i + 1] - sigmas[i]) * case.call(m, latent, t)
+        return x
+
+    expected = run(model)
+    compiled = tokencache.compile(model, policy="fora", interval=3, num_steps=6, inner="eager")
+    generations = [run(compiled) for _ in range(3)]
+    assert len(tokencache.report(compiled)["graphs"]) == 2
+    for later in generations[1:]:
+        torch.testing.assert_close(later, generations[0], rtol=0, atol=0)
+    assert rel_err(generations[0], expected) < 0.05

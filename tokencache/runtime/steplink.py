@@ -173,10 +173,8 @@ _TOKENS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()    # leader s
 
 def attach(session, leads: bool) -> None:
     """Make a graph's session part of its model's clock, before each of its calls: a graph without
-    a timestep gets a LinkedClock (once); a timestep graph that did not see the start of its
-    model's current generation (Dynamo recompiled the model's frame mid-generation for an input
-    of other strides, and that graph runs from the next step of every generation on) joins it
-    from a copy of the clock that started it (rule 5)."""
+    a timestep gets a LinkedClock (once); a timestep graph that another timestep graph of its
+    model ran after continues from a copy of that graph's clock (rule 5)."""
     model = model_of(session)
     if not leads:
         if session not in _ATTACHED:
@@ -185,8 +183,12 @@ def attach(session, leads: bool) -> None:
         return
     link = latest(model)
     leader = link.leader() if link is not None else None
-    if (leader is not None and leader is not session and _TOKENS.get(session) != link.token
-            and leader.clock.explicit == session.clock.explicit and 0 <= link.step < link.num_steps - 1):
+    if (leader is not None and leader is not session and link.seq > session.last_call
+            and leader.clock.explicit == session.clock.explicit):
+        # another graph of the model counted the steps since this one's last call: continue from
+        # its clock, so that this call is the step after the model's latest one
         num_steps = session.clock.num_steps
         session.clock = copy.copy(leader.clock)
         session.clock.num_steps = num_steps
+        if _TOKENS.get(session) != link.token:
+            session.positions.clear()   # caches of an earlier generation: its first step here runs fresh
