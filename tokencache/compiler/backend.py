@@ -147,6 +147,10 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs, dynamic_reaso
         policy = NonePolicy()
     elif timestep is None and config.policy != "none" and not follows:
         warnings.warn(describe_missing(inputs, example_inputs, config.timestep_input), stacklevel=2)
+    if config.policy != "none" and reason is None and (attention := _uncached_attention(analysis)):
+        warnings.warn(f"tokencache: {len(attention)} attention module(s) cannot be cached and run in every step "
+                      "(the rest of their blocks is cached): " + "; ".join(f"{m} ({why})" for m, why in attention[:3])
+                      + (" ..." if len(attention) > 3 else ""), stacklevel=2)
     if policy.name in ("toca", "duca") and (partly := [r for r in analysis.regions if not r.token_wise]):
         warnings.warn(f"tokencache: {len(partly)} region(s) are not token-local and are reused whole in token-wise "
                       "steps: " + "; ".join(f"{r.name}: {r.reason}" for r in partly[:3])
@@ -173,8 +177,10 @@ def build_runtime(gm, example_inputs, config: CacheConfig, inputs, dynamic_reaso
 def _unsupported(analysis) -> str | None:
     if not analysis.regions:
         return "no transformer blocks with cacheable attention/feed-forward modules were found"
-    attention_rejects = [(m, why) for m, why in analysis.rejected if "attn" in m.rsplit(".", 1)[-1]]
-    if attention_rejects:
-        module, why = attention_rejects[0]
-        return f"attention module {module} cannot be cached ({why})"
     return None
+
+
+def _uncached_attention(analysis) -> list[tuple[str, str]]:
+    """Attention modules the analysis could not make regions of (two attention ops in one module,
+    two values leaving it): they run in every step while the block's other modules are cached."""
+    return [(m, why) for m, why in analysis.rejected if "attn" in m.rsplit(".", 1)[-1]]
