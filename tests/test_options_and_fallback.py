@@ -1,6 +1,7 @@
 """Bad options are rejected by name; unsupported graphs fall back loudly, never silently."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import tokencache
 from tokencache.compiler.backend import TokenCacheError
@@ -144,3 +145,63 @@ def test_flux_joint_attention_is_cached_token_wise():
     assert report["fallback_reason"] is None and report["variants"]["partial"]["calls"] == 1
     joint = [r for r in report["regions"] if r["region"] == "transformer_blocks.0.attn"][0]
     assert joint["kind"] == "joint_attention" and joint["token_wise"] and joint["context_tokens"] == 8
+
+
+class _TwoAttentionOps(torch.nn.Module):
+    """An attention module running two attention ops (SanaWM, QwenImage 2.1): not a region."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)
+        both = F.scaled_dot_product_attention(q, k, v) + F.scaled_dot_product_attention(q, v, k)
+        return self.out(both.squeeze(1))
+
+
+class _TwoOpsBlock(torch.nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.attn = _TwoAttentionOps(dim)
+        self.ff = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.attn(x)
+        return x + self.ff(x)
+
+
+class _TwoOpsModel(torch.nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(_TwoOpsBlock(dim) for _ in range(2))
+
+    def forward(self, x, timestep):
+        x = x * (1 + timestep[:, None, None])
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_an_attention_that_is_no_region_runs_every_step_and_the_rest_is_cached():
+    torch.manual_seed(0)
+    model = _TwoOpsModel().eval()
+    x0 = torch.randn(2, 16, 16)
+
+    def run(m):
+        x = x0
+        with torch.no_grad():
+            for i in range(6):
+                x = x - 0.1 * m(x, torch.full((2,), 1.0 - i / 6))
+        return x
+
+    expected = run(model)
+    exact = tokencache.compile(model, policy="toca", ratio=1.0, attention="tokens", interval=3, num_steps=6,
+                               inner="eager")
+    with pytest.warns(UserWarning, match=r"2 attention module\(s\) cannot be cached and run in every step.*"
+                                         r"blocks.0.attn \(2 attention ops"):
+        got = run(exact)
+    assert rel_err(got, expected) <= 1e-5
+    report = tokencache.report(exact)
+    assert report["fallback_reason"] is None
+    assert {r["region"] for r in report["regions"]} == {"blocks.0.ff", "blocks.1.ff"}
