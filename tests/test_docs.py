@@ -10,7 +10,7 @@ import tokencache
 from tokencache.cli import build_parser
 from tokencache.cli_args import cache_flags
 from tokencache.config import POLICIES, CacheConfig
-from tokencache.docs import END, START, options, options_table, render_into
+from tokencache.docs import END, POLICY_END, POLICY_START, START, options, render_into
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -21,6 +21,9 @@ def test_readme_options_table_is_generated_from_the_config():
     block = text.split(START, 1)[1].split(END, 1)[0]
     for field in dataclasses.fields(CacheConfig):
         assert f"| `{field.name}` |" in block
+    policies = text.split(POLICY_START, 1)[1].split(POLICY_END, 1)[0]
+    for policy in POLICIES:
+        assert f"| `{policy}` |" in policies
 
 
 def test_every_option_has_one_sentence_and_known_readers():

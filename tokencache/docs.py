@@ -1,7 +1,8 @@
-"""User documentation generated from the code: README's options table from CacheConfig's field
-metadata, so the two cannot drift (tests/test_docs.py checks it).
+"""User documentation generated from the code, so it cannot drift (tests/test_docs.py checks it):
+README's options table from CacheConfig's field metadata, and its policies table from each policy
+module's first docstring paragraph and the options that name the policy as a reader.
 
-    python -m tokencache.docs README.md      # rewrite the table between its markers
+    python -m tokencache.docs README.md      # rewrite both tables between their markers
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from .config import CacheConfig
 
 START, END = "<!-- options:start -->", "<!-- options:end -->"
+POLICY_START, POLICY_END = "<!-- policies:start -->", "<!-- policies:end -->"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,20 +43,41 @@ def options_table() -> str:
     return "\n".join(rows)
 
 
+def policies_table() -> str:
+    """One row per policy: what it does (its module docstring's first paragraph) and its options."""
+    import importlib
+    import inspect
+
+    from .config import POLICIES
+
+    rows = ["| policy | what it does | options it reads (besides the common ones) |", "|---|---|---|"]
+    for name in POLICIES:
+        doc = inspect.getdoc(importlib.import_module(f"tokencache.policies.{name}")) or ""
+        summary = " ".join(doc.split("\n\n")[0].split())
+        summary = summary.split(": ", 1)[1] if summary.startswith(name) and ": " in summary else summary
+        read = [f"`{o.name}`" for o in options() if o.used_by is not None and name in o.used_by]
+        rows.append(f"| `{name}` | {summary} | {', '.join(read) or '—'} |")
+    return "\n".join(rows)
+
+
+def _fill(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"no {start} ... {end} block to fill")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def render_into(text: str) -> str:
-    """`text` with the block between the markers replaced by the current table."""
-    if START not in text or END not in text:
-        raise ValueError(f"no {START} ... {END} block to fill")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{options_table()}\n{END}{tail}"
+    """`text` with the blocks between the markers replaced by the current tables."""
+    return _fill(_fill(text, START, END, options_table()), POLICY_START, POLICY_END, policies_table())
 
 
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
     path = Path(args[0] if args else "README.md")
     path.write_text(render_into(path.read_text()))
-    print(f"wrote the options table into {path}")
+    print(f"wrote the options and policies tables into {path}")
     return 0
 
 
