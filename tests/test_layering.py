@@ -25,7 +25,7 @@ LAYERS = [
     {"runtime"},
     {"exporters"},
     {"", "introspect", "pipeline", "profiling", "models"},     # "": tokencache/__init__.py
-    {"cli", "demo"},
+    {"cli", "demo", "serving"},
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 

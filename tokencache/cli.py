@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--quick", action="store_true", help="few steps, eager, 2 rounds")
     add_cache_flags(prof)
 
+    serve = sub.add_parser("serve", help="serve a shipped model behind Ray Serve (the 'serve' extra)")
+    serve.add_argument("--model", choices=list(EMBEDDED), default="embedded")
+    serve.add_argument("--replicas", type=positive_int, default=1)
+    serve.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
+    serve.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch-size", type=positive_int, default=8, help="requests per batch")
+    serve.add_argument("--batch-wait-ms", type=float, default=50.0, help="how long a batch waits to fill")
+    serve.add_argument("--max-steps", type=positive_int, default=250, help="the most steps a request may ask for")
+    serve.add_argument("--inner", choices=INNER_BACKENDS, default="inductor")
+
     from .exporters.cli import add_export_parser
     add_export_parser(sub)
     return parser
@@ -77,9 +89,34 @@ def _run(args) -> int:
         print("wrote " + ", ".join(result["files"]))
     elif args.command == "profile":
         return _profile(args)
+    elif args.command == "serve":
+        return _serve(args)
     elif args.command == "export":
         from .exporters.cli import run_export
         return run_export(args)
+    return 0
+
+
+def _serve(args) -> int:
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise ValueError("tokencache serve needs Ray Serve: pip install -e \".[serve]\"") from None
+    from .serving import build_app
+
+    ray.init(ignore_reinit_error=True)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(args.model, replicas=args.replicas, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                        max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
+                        inner=args.inner, max_steps=args.max_steps), name="tokencache", route_prefix="/")
+    print(f"serving {args.model} on http://{args.host}:{args.port}/ with {args.replicas} replica(s); Ctrl-C stops")
+    try:
+        import time
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
     return 0
 
 
