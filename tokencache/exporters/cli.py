@@ -32,6 +32,9 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
                      help="TensorRT builder optimisation level")
     exp.add_argument("--timing-cache", type=Path, default=None,
                      help="TensorRT timing cache to read and update (default: <out>/timing.cache)")
+    exp.add_argument("--triton", type=Path, default=None, metavar="DIR",
+                     help="also write a Triton Inference Server model repository for the bundle into DIR")
+    exp.add_argument("--triton-name", default="tokencache", help="the model's name in that repository")
     return exp
 
 
@@ -40,11 +43,13 @@ def run_export(args) -> int:
     from .tensorrt import TensorRTUnavailable, build_engines, tensorrt_missing
     from ..profiling.targets import TargetError, load_target
 
-    from ..cli_args import check_output_file, one_line
+    from ..cli_args import check_output_dir, check_output_file, one_line
     from .bundle import check_bundle_target
 
     try:                                        # output paths first: a bad one costs no work
         check_bundle_target(args.out)
+        if args.triton:
+            check_output_dir(args.triton, "--triton")
         if args.timing_cache:
             check_output_file(args.timing_cache, "--timing-cache")
     except ValueError as e:
@@ -81,4 +86,10 @@ def run_export(args) -> int:
             print(f"tokencache export --tensorrt: {e}", file=sys.stderr)
             return 2
         print(f"built TensorRT engines ({args.precision}) into {out}")
+    if args.triton:
+        from .triton import write_triton_repository
+
+        model_dir = write_triton_repository(out, args.triton, name=args.triton_name,
+                                            runner="tensorrt" if args.tensorrt else "onnxruntime")
+        print(f"wrote Triton model repository {args.triton} (model {model_dir.name}: config.pbtxt, 1/model.py, 1/bundle)")
     return 0

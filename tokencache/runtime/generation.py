@@ -13,6 +13,7 @@ Without a block, each thread has its own implicit state per model (runtime.py).
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from typing import Callable
 
@@ -60,6 +61,17 @@ class Generation:
     def __exit__(self, *exc) -> None:
         _ACTIVE.reset(self._token)
         self.sessions.clear()                # caches of this generation are freed here
+
+    @contextlib.contextmanager
+    def resumed(self):
+        """Make this generation current again for a few calls, keeping its state: a server that
+        interleaves many generations (one per request sequence) enters each for its calls, and
+        ends it with `with handle: pass`, or drops the handle."""
+        token = _ACTIVE.set(_ACTIVE.get() + (self,))
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
 
 
 def active_generation(anchor) -> Generation | None:
