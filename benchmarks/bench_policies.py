@@ -43,6 +43,8 @@ SETTINGS = {
     "dato N=1 p=0.4": dict(policy="dato", interval=1, prune_ratio=0.4),
     "dato N=2 p=0.4": dict(policy="dato", interval=2, prune_ratio=0.4),
     "dato N=3 p=0.4": dict(policy="dato", interval=3, prune_ratio=0.4),
+    "dato N=3 p=0.2": dict(policy="dato", interval=3, prune_ratio=0.2),
+    "dato N=3 p=0.1": dict(policy="dato", interval=3, prune_ratio=0.1),
 }
 
 
