@@ -13,6 +13,7 @@ import warnings
 import torch
 
 import tokencache
+from tokencache.models.zoo import tiny_unet
 
 SETTINGS = {
     "none": dict(policy="none"),
@@ -23,15 +24,6 @@ SETTINGS = {
     "dato p=0 N=1 (exact)": dict(policy="dato", prune_ratio=0.0, interval=1),
 }
 
-
-def tiny_unet():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8).eval()
 
 
 def main():

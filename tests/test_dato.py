@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tokencache
+from tokencache.models.zoo import tiny_unet
 from tokencache.ops import prune_ops
 from tiny_models import generate, noise, reference_case, rel_err
 
@@ -119,20 +120,11 @@ def test_options_are_validated_and_a_non_grid_model_says_why():
         generate(case, compiled, noise(case), steps=2)
 
 
-def _tiny_unet():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8).eval()
-
 
 def test_unet_transformer_blocks_are_cached():
     """A diffusers U-Net's transformer blocks sit at down_blocks.0.attentions.0.transformer_blocks.0:
     cached under toca, fora and dato; none is exact."""
-    model = _tiny_unet()
+    model = tiny_unet()
     x0, context = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 16)
 
     def run(m):

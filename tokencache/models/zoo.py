@@ -756,3 +756,16 @@ def entry(name: str) -> ZooEntry:
 def with_config(e: ZooEntry, **changes) -> ZooEntry:
     """A copy of an entry with config fields changed (e.g. more layers for a slow test)."""
     return dataclasses.replace(e, config={**e.config, **changes})
+
+
+def tiny_unet():
+    """A diffusers UNet2DConditionModel at a tiny config, random weights (seeded): not a
+    transformer class, so not an entry; its transformer blocks are nested at
+    down_blocks.0.attentions.0.transformer_blocks.0 (tests/test_dato.py, benchmarks/bench_unet.py)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8).eval()

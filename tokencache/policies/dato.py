@@ -9,7 +9,8 @@ from ..ops.prune_ops import patch_count
 from ..passes import fresh, reuse
 from ..passes.prune import prune_attention, pruned_path
 from ..compiler.token_axis import NotTokenLocal
-from .base import FRESH, interval_schedule
+from .base import FRESH
+from .fora import ForaPolicy
 
 
 def _candidates(analysis, config):
@@ -17,7 +18,8 @@ def _candidates(analysis, config):
             and patch_count(r.tokens, config.prune_patch)]
 
 
-class DatoPolicy:
+class DatoPolicy(ForaPolicy):
+    """FORA's schedule and reuse steps; only the fresh steps differ."""
     name = "dato"
     fresh_computes_less = True     # its fresh steps prune: the uncached FLOPs come from the captured graph
 
@@ -45,12 +47,3 @@ class DatoPolicy:
         full = fresh(gm, analysis.regions, [])
         return {FRESH: prune_attention(full, prunable, config) if prunable else full,
                 "reuse": reuse(gm, analysis.regions)}
-
-    def schedule(self, config):
-        return interval_schedule(config, "reuse")
-
-    def computed_tokens(self, analysis, config):
-        return {r.name: 0 for r in analysis.regions}
-
-    def host_inputs(self, variant, step, fresh_steps, config):
-        return {}
