@@ -280,7 +280,7 @@ def test_packed_weights_are_reused_renewed_and_freed():
 
 
 def test_cpu_matmul_choice():
-    from tokencache.compiler import inner
+    from tokencache.backends import inner
     fp32, bf16 = [torch.zeros(2, 2)], [torch.zeros(2, 2, dtype=torch.bfloat16)]
     have = torch.backends.mkldnn.is_available()
     assert inner.cpu_matmul_for(fp32, "inductor", "auto") == ("onednn_packed" if have else "aten")
@@ -296,7 +296,7 @@ def test_cpu_matmul_choice():
 def test_cpu_matmul_auto_packs_only_weights_that_fit(monkeypatch):
     """"auto" keeps packed copies while the weights take at most a quarter of the machine's memory,
     and runs oneDNN on the live weights above that or where the memory is unknown."""
-    from tokencache.compiler import inner
+    from tokencache.backends import inner
     fp32 = [torch.zeros(2, 2)]
     if hasattr(os, "sysconf"):
         assert inner.machine_memory_bytes() > 2**20
@@ -309,7 +309,7 @@ def test_cpu_matmul_auto_packs_only_weights_that_fit(monkeypatch):
 
 
 def test_cpu_matmul_onednn_without_onednn_is_an_error(monkeypatch):
-    from tokencache.compiler import inner
+    from tokencache.backends import inner
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     for setting in ("onednn", "onednn_packed"):
         with pytest.raises(RuntimeError, match=f"cpu_matmul='{setting}'"):

@@ -4,7 +4,7 @@
         (policy)        policies/<name>.py: fresh, partial, reuse, forecast, cluster_*, skip,
                         taylor_store, cleanup; which of them build which variant is the policy
         dead_chunks     a linear whose chunked output is partly dead computes only the live part
-    stage "compile"  compiler/inner.py, before inductor compiles a variant (inductor, cudagraphs)
+    stage "compile"  backends/inner.py, before inductor compiles a variant (inductor, cudagraphs)
         onednn_linear   CPU float32 linears -> tokencache::linear ops, a following GELU fused
                         (cpu_matmul "onednn" / "onednn_packed")
         inplace_cache   token-wise steps scatter their new rows into the cache in place (CPU only:

@@ -1,5 +1,5 @@
 """Pre-packed copies of CPU linear weights, for cpu_matmul="onednn_packed" (what "auto" picks for
-float32 models on the CPU, compiler/inner.py).
+float32 models on the CPU, backends/inner.py).
 
 oneDNN computes a GEMM on weights in its own blocked layout. Handed a plain weight, it reorders
 it on every call: 30-70 us per DiT-S weight on the 2-core machine of BENCHMARKS.md, more than a

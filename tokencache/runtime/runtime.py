@@ -31,7 +31,7 @@ import torch.fx as fx
 
 from ..compat import fake_tensor_mode
 from ..compiler.graph_inputs import GraphInput
-from ..compiler.inner import compile_variant, cpu_matmul_for
+from ..backends.inner import compile_variant, cpu_matmul_for
 from ..config import CacheConfig
 from . import registry, steplink
 from .flops import count_graph_flops
