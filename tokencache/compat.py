@@ -65,6 +65,17 @@ def mark_sourceless(node: fx.Node, only_if_missing: bool = False) -> None:
         node._dynamo_source = None
 
 
+def example_value(node: fx.Node):
+    """The (fake) tensor Dynamo recorded for a node's result (`meta["example_value"]`), or None
+    (nodes the passes made have none)."""
+    return node.meta.get("example_value")
+
+
+def drop_example_value(node: fx.Node) -> None:
+    """Forget a copied node's recorded result: its shape no longer holds (a resized copy)."""
+    node.meta.pop("example_value", None)
+
+
 def module_stack(node: fx.Node) -> list[tuple[str, str]]:
     """The modules a node was traced in, outermost first, as (Dynamo's key, normalised path)."""
     return [(key, normalise_module_path(raw)) for key, (raw, _) in (node.meta.get("nn_module_stack") or {}).items()]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..compiler.regions import Region
+from ..compat import example_value
 from ..ops import cluster_ops, token_ops
 from .cluster_store import LABELS, RNG
 from .forecast import forecast
@@ -33,7 +34,7 @@ def cluster_partial(gm: fx.GraphModule, forecast_only: list[Region], clustered: 
         _, rows, _, created = region_on_rows(gm, region, index, clusters, emit, before=before)
         factor0 = emit(cluster_ops.propagate, emit(token_ops.taylor_zero_order, factors), index, rows, labels, gamma)
         updated = emit(cluster_ops.replace_factor0, factors, factor0)
-        predicted = emit(token_ops.taylor_predict, updated, coef, out.meta["example_value"].dtype)
+        predicted = emit(token_ops.taylor_predict, updated, coef, example_value(out).dtype)
         replace_uses_outside(out, predicted, set(region.nodes) | created)
         items[factors_key(region.name)] = updated
     add_state_outputs(gm, items)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..compiler.regions import Region
+from ..compat import example_value
 from ..ops import token_ops
 from .graph_edit import add_host_input, add_state_input, copy_module, finish, node_by_name, replace_uses_outside
 from .taylor_store import factors_key
@@ -17,7 +18,7 @@ def forecast(gm: fx.GraphModule, regions: list[Region]) -> fx.GraphModule:
     coef = add_host_input(gm, "taylor_coef")
     for region, name, node in outputs:
         out = node_by_name(gm, node)
-        dtype = out.meta["example_value"].dtype
+        dtype = example_value(out).dtype
         with gm.graph.inserting_after(out):
             predicted = gm.graph.call_function(token_ops.taylor_predict, (factors[name], coef, dtype))
         replace_uses_outside(out, predicted, set(region.nodes))

@@ -15,11 +15,12 @@ instead of writing it out and reading it back (DiT-S partial step: 12 score kern
 """
 from __future__ import annotations
 
-import torch.fx as fx
-
-from ..compiler.regions import Region
 from typing import NamedTuple
 
+import torch.fx as fx
+
+from ..compat import drop_example_value, example_value
+from ..compiler.regions import Region
 from ..compiler.token_axis import CONTEXT, IMAGE, NotTokenLocal, propagate, shape_of, size_arg_positions, total
 from ..config import CacheConfig
 from ..ops import token_ops
@@ -108,11 +109,11 @@ def region_on_rows(gm: fx.GraphModule, region: Region, index: fx.Node, k: int, e
             if layout not in positions:
                 positions[layout] = emit(token_ops.layout_positions, index, tuple(layout), keep_context)
             table = node_by_name(gm, arg_name)
-            rank = len(node.meta["example_value"].shape)
+            rank = len(example_value(node).shape)
             mapping[table] = emit(token_ops.gather_table, table, positions[layout],
-                                  pos + rank - len(table.meta["example_value"].shape), rank)
+                                  pos + rank - len(example_value(table).shape), rank)
         copy = emit.copy(node, mapping)
-        copy.meta.pop("example_value", None)
+        drop_example_value(copy)
         _resize(copy, path[node.name], total(layout), sum(sizes(layout)))
         src = node.args[0] if node.args else None
         if node.name in info.slices:

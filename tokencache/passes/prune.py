@@ -20,6 +20,7 @@ import torch.fx as fx
 from ..compiler.regions import Region
 from ..compiler.token_axis import NotTokenLocal, PathInfo, propagate, shape_of
 from ..config import CacheConfig
+from ..compat import example_value
 from ..ops import prune_ops, token_ops
 from .graph_edit import add_state_input, add_state_outputs, copy_module, finish, node_by_name, replace_uses_outside
 from .partial import Emitter, region_on_rows
@@ -51,7 +52,7 @@ def _rewrite(gm: fx.GraphModule, region: Region, config: CacheConfig, index: int
     out_shape = shape_of(out)
     name = region.name
     dyn = add_state_input(gm, f"dyn:{name}", init=((batch, tokens), torch.float32))
-    previous = add_state_input(gm, f"prev:{name}", init=(out_shape, out.meta["example_value"].dtype))
+    previous = add_state_input(gm, f"prev:{name}", init=(out_shape, example_value(out).dtype))
     seen = add_state_input(gm, f"seen:{name}", init=((1,), torch.float32))
     rng = add_state_input(gm, f"rng:{name}", init=((tokens,), torch.int64))
     last_member = [n for n in gm.graph.nodes if n.name in set(region.nodes)][-1]

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.fx as fx
 
-from ..compat import is_flex_attention
+from ..compat import example_value, is_flex_attention
 
 
 class _TotalOnly:
@@ -60,7 +60,7 @@ def _flex_attention(node: fx.Node, args) -> tuple[object, int]:
     *lead, lq, _ = q.shape
     dv = v.shape[-1]
     flops = _attention_flops(q.shape, k.shape, v.shape)
-    example = node.meta.get("example_value")
+    example = example_value(node)
     count = len(example) if isinstance(example, (tuple, list)) else 2
     out = torch.empty(*lead, lq, dv, dtype=q.dtype, device=q.device)
     stats = [torch.empty(*lead, lq, dtype=torch.float32, device=q.device) for _ in range(count - 1)]
