@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import tokencache
-from tokencache.compiler.backend import TokenCacheError
+from tokencache.errors import TokenCacheError
 from tiny_models import ALL_CASES, NoBlocksModel, generate, noise, rel_err, sana_case
 
 

@@ -33,7 +33,7 @@ def compile(model: torch.nn.Module, **options):
     the captured inputs) come out as themselves, not wrapped in Dynamo's BackendCompilerFailed; a
     call that Dynamo runs without reaching tokencache (its recompile limit, a dispatch mode) warns
     once and shows in report()["eager_calls"]."""
-    from .compiler.backend import CompileHandle, tokencache_backend
+    from .backend import CompileHandle, tokencache_backend
     from .compiler.timestep import check_timestep_input
 
     config = CacheConfig.from_options(options)

@@ -135,6 +135,21 @@ def eval_frame_file() -> str:
     return torch._dynamo.eval_frame.__file__
 
 
+def calling_model():
+    """The module of the outermost torch.compile wrapper (OptimizedModule) on the Python stack, found
+    by its `__call__` frame in Dynamo's eval_frame.py (None: not called through one)."""
+    import sys
+
+    frame, outer, eval_frame = sys._getframe(1), None, eval_frame_file()
+    while frame is not None:
+        if frame.f_code.co_filename == eval_frame and frame.f_code.co_name == "__call__":
+            outer = frame
+        frame = frame.f_back
+    if outer is None:
+        return None
+    return wrapped_module(outer.f_locals.get("self"))
+
+
 def original_module(model):
     """The module a torch.compile wrapper (OptimizedModule) wraps; `model` itself if it is none."""
     return getattr(model, "_orig_mod", model)

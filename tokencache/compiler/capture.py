@@ -44,7 +44,7 @@ def _is_entry(code) -> bool | None:
     """Whether the frame being compiled is the forward() of the model torch.compile wraps (the
     model's first graph); False for a resume function after a graph break or a submodule's own
     frame (their graphs follow the model's step clock, runtime/steplink.py); None if unknown."""
-    from ..runtime.steplink import calling_model
+    from ..compat import calling_model
 
     model = calling_model()
     forward = getattr(type(model), "forward", None) if model is not None else None
@@ -56,7 +56,7 @@ def _is_entry(code) -> bool | None:
 def frame_module(inputs, example_inputs) -> str | None:
     """The path, in the compiled model, of the module whose forward this graph was traced from
     (graph_inputs.frame_owner); None if unknown."""
-    from ..runtime.steplink import calling_model
+    from ..compat import calling_model
     from .graph_inputs import frame_owner
 
     return frame_owner(inputs, example_inputs, calling_model())

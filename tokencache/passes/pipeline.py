@@ -1,6 +1,6 @@
 """The pass pipeline: every rewrite a variant goes through, in order, by name.
 
-    stage "variant"  compiler/backend.py, once per variant, right after the policy built it
+    stage "variant"  backend.py, once per variant, right after the policy built it
         (policy)        policies/<name>.py: fresh, partial, reuse, forecast, cluster_*, skip,
                         taylor_store, cleanup; which of them build which variant is the policy
         dead_chunks     a linear whose chunked output is partly dead computes only the live part

@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import contextvars
 import copy
-import sys
 import weakref
 from dataclasses import dataclass
 
-from ..compat import eval_frame_file, wrapped_module
+from ..compat import calling_model
 from .clock import StepClock, Tick
 
-_EVAL_FRAME = eval_frame_file()
 _LINKS: contextvars.ContextVar[dict] = contextvars.ContextVar("tokencache_step_links", default={})
 _MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # session -> weakref(model) | None
 _STARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> call sequence of its latest generation start
@@ -67,18 +65,6 @@ def clear() -> None:
     _MODELS.clear()
     _STARTS.clear()
     _LINKS.set({})
-
-
-def calling_model():
-    """The module of the outermost torch.compile wrapper on the stack (None: not called through one)."""
-    frame, outer = sys._getframe(1), None
-    while frame is not None:
-        if frame.f_code.co_filename == _EVAL_FRAME and frame.f_code.co_name == "__call__":
-            outer = frame
-        frame = frame.f_back
-    if outer is None:
-        return None
-    return wrapped_module(outer.f_locals.get("self"))
 
 
 def model_of(session):

@@ -17,19 +17,19 @@ import weakref
 import torch
 import torch.fx as fx
 
-from ..compat import backend_failure_cause, cache_entry_count, current_dispatch_mode, original_module, recompile_limit
-from ..config import CacheConfig
-from ..errors import TokenCacheError
-from ..passes.pipeline import build_variants
-from ..policies import get_policy
-from ..policies.none import NonePolicy
-from ..runtime.runtime import CacheRuntime, runtime_calls
-from .capture import describe as describe_capture
-from .capture import frame_module
-from .graph_inputs import classify_inputs
-from .specialise import SpecialisingRuntime, concrete, symbolic_shapes
-from .regions import Analysis, analyse
-from .timestep import describe_missing, find_timestep, frame_arguments, scalar_timestep
+from .compat import backend_failure_cause, cache_entry_count, current_dispatch_mode, original_module, recompile_limit
+from .compiler.capture import describe as describe_capture
+from .compiler.capture import frame_module
+from .compiler.graph_inputs import classify_inputs
+from .compiler.regions import Analysis, analyse
+from .compiler.specialise import SpecialisingRuntime, concrete, symbolic_shapes
+from .compiler.timestep import describe_missing, find_timestep, frame_arguments, scalar_timestep
+from .config import CacheConfig
+from .errors import TokenCacheError
+from .passes.pipeline import build_variants
+from .policies import get_policy
+from .policies.none import NonePolicy
+from .runtime.runtime import CacheRuntime, runtime_calls
 
 __all__ = ["CompileHandle", "TokenCacheError", "build_runtime", "tokencache_backend"]
 
