@@ -151,3 +151,17 @@ def test_unet_transformer_blocks_are_cached():
         else:
             assert report["flops_per_generation"] < report["flops_uncached_generation"]
             assert rel_err(got, expected) < 0.05
+
+
+def test_dato_exports_to_an_onnx_bundle(tmp_path):
+    """The pruning plan uses top-k, not a stable sort, so the fresh variant exports; the bundle
+    replays a generation as PyTorch does."""
+    from tokencache.runtime.bundle_runner import OnnxBundleRunner, bind_like
+
+    case = reference_case()
+    model, x0 = case.build(), noise(case)
+    compiled = tokencache.compile(model, policy="dato", num_steps=6, interval=3, inner="eager")
+    expected = generate(case, compiled, x0, steps=6)
+    bundle = tokencache.export(compiled, tmp_path / "bundle", progress=False)
+    runner = bind_like(OnnxBundleRunner(bundle), model, tuple_output=False)
+    assert rel_err(generate(case, runner, x0, steps=6), expected) < 1e-4

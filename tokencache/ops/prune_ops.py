@@ -58,16 +58,22 @@ def plan(x: torch.Tensor, dynamics: torch.Tensor, noise: torch.Tensor, patch: in
     row = (cell // cells) * patch + local // patch
     col = (cell % cells) * patch + local % patch
     dst = row * side + col                                                # (b, P)
-    is_dst = torch.zeros(b, tokens, device=x.device).scatter(1, dst, 1.0)
-    src = torch.argsort(is_dst, dim=1, stable=True)[:, :tokens - dst.shape[1]]   # (b, S), ascending
+    # orderings by top-k with the token index as the tie-break (TopK exports to ONNX and TensorRT;
+    # a stable sort does not), so every backend picks the same tokens
+    index = torch.arange(tokens, device=x.device)
+    is_dst = torch.zeros(b, tokens, device=x.device, dtype=torch.long).scatter(1, dst, 1)
+    sources = tokens - dst.shape[1]
+    src = torch.topk(is_dst * tokens + index, sources, dim=1, largest=False, sorted=True).indices   # (b, S) ascending
     unit = F.normalize(x.float(), dim=-1)
     similarity = gather_rows(unit, src) @ gather_rows(unit, dst).transpose(1, 2)  # (b, S, P)
     best, match = similarity.max(dim=-1)
-    order = torch.argsort(best, dim=1, descending=True, stable=True)
+    tie_break = torch.arange(sources, device=x.device, dtype=best.dtype) * (1e-6 / sources)
+    order = torch.topk(best - tie_break, sources, dim=1, largest=True, sorted=True).indices
     gone, stay = order[:, :pruned], order[:, pruned:]
     pruned_at = torch.gather(src, 1, gone)
     pruned_to = torch.gather(dst, 1, torch.gather(match, 1, gone))
-    kept = torch.sort(torch.cat([dst, torch.gather(src, 1, stay)], dim=1), dim=1).values
+    kept = torch.cat([dst, torch.gather(src, 1, stay)], dim=1)
+    kept = torch.topk(kept, kept.shape[1], dim=1, largest=False, sorted=True).values   # ascending
     if pair_halves:
         kept, pruned_at, pruned_to = (torch.cat([t, t], dim=0) for t in (kept, pruned_at, pruned_to))
     return kept, pruned_at, pruned_to
