@@ -49,7 +49,8 @@ def _decode(png: str) -> torch.Tensor:
     ({"labels": [3, 12]}, "class label 12 is out of range; allowed: 0..9"),
     ({"labels": [1], "steps": 0}, r"'steps' must be an integer in 1..250, got 0"),
     ({"labels": [1], "steps": 9999}, r"'steps' must be an integer in 1..250"),
-    ({"labels": [1], "seed": -1}, "'seed' must be an integer >= 0"),
+    ({"labels": [1], "seed": -1}, r"'seed' must be an integer in 0..2\*\*63-1"),
+    ({"labels": [1], "seed": 2 ** 70}, r"'seed' must be an integer in 0..2\*\*63-1"),
     ({"labels": [1], "format": "jpeg"}, "'format' must be one of png, array"),
     ({"labels": [1], "options": {"policy": "magic"}}, "'policy' must be one of"),
     ({"labels": [1], "options": {"ratios": 0.5}}, "unknown tokencache option 'ratios'"),
@@ -60,9 +61,14 @@ def test_bad_requests_name_what_is_wrong(body, message):
         parse_request(body)
 
 
-def test_a_good_request_is_parsed():
+def test_a_good_request_is_parsed_and_equivalent_options_group_together():
     job = parse_request({"labels": [1, 2], "seed": 3, "steps": 5, "options": {"policy": "toca", "ratio": 0.5}})
     assert job == Job((1, 2), 3, 5, (("policy", "toca"), ("ratio", 0.5)), "png")
+    same = [parse_request({"labels": [1], "options": o}).options
+            for o in ({}, {"policy": "toca"}, {"interval": 3}, {"policy": "toca", "ratio": 0.25})]
+    assert len(set(same)) == 1
+    assert parse_request({"labels": [1], "options": {"policy": "taylorseer", "warmup": 3}}).options == \
+        (("policy", "taylorseer"),)
 
 
 def test_batch_runner_groups_and_matches_local_runs():
@@ -80,6 +86,18 @@ def test_batch_runner_groups_and_matches_local_runs():
     torch.testing.assert_close(torch.tensor(out[2]["images"]).unsqueeze(1),
                                _local([3], 1, STEPS + 1, {"policy": "toca"}), atol=1e-5, rtol=0)
     assert out[0]["report"]["flops_per_generation"] < out[0]["report"]["flops_uncached_generation"]
+
+
+def test_many_option_sets_keep_serving_and_ignored_options_are_reported():
+    """Dynamo stops compiling a forward after 8 compiled variants, however many are still held: a
+    replica seeing more option sets than it keeps resets Dynamo instead of failing (it did, from
+    the 9th set on)."""
+    generator = Generator("embedded", inner="eager", keep=3)
+    jobs = [Job((1,), 0, 1, (("interval", i), ("policy", "fora"), ("ratio", 0.5)), "array") for i in range(1, 10)]
+    out = generator.run(jobs)
+    assert all("error" not in r for r in out), [r.get("error") for r in out if "error" in r]
+    assert all(r["report"]["ignored_options"] == ["ratio"] for r in out)
+    assert len(generator._compiled) <= 3
 
 
 def _free_port() -> int:

@@ -168,6 +168,11 @@ def cache_entry_count(code) -> int:
         return 0
 
 
+def reset_dynamo() -> None:
+    """Forget every compiled frame of this process (their cache entries and recompile counts)."""
+    torch._dynamo.reset()
+
+
 def recompile_limit() -> int:
     return torch._dynamo.config.recompile_limit
 

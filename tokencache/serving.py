@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -62,8 +63,8 @@ def parse_request(body, max_steps: int = MAX_STEPS, max_images: int = MAX_IMAGES
     if bad:
         raise ValueError(f"class label {bad[0]} is out of range; allowed: 0..{classes - 1}")
     seed, steps = body.get("seed", 0), body.get("steps", 20)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"'seed' must be an integer >= 0, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"'seed' must be an integer in 0..2**63-1, got {seed!r}")
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= max_steps:
         raise ValueError(f"'steps' must be an integer in 1..{max_steps}, got {steps!r}")
     fmt = body.get("format", "png")
@@ -75,8 +76,22 @@ def parse_request(body, max_steps: int = MAX_STEPS, max_images: int = MAX_IMAGES
     fixed = sorted(set(options) & set(_SERVER_OPTIONS))
     if fixed:
         raise ValueError(f"option {fixed[0]!r} is set by the server, not per request")
-    CacheConfig.from_options(options)            # unknown keys and bad values: ValueError naming them
-    return Job(tuple(labels), seed, steps, tuple(sorted(options.items())), fmt)
+    return Job(tuple(labels), seed, steps, canonical_options(options), fmt)
+
+
+def canonical_options(options: dict) -> tuple:
+    """The options that differ from their defaults under the chosen policy, sorted: equivalent
+    requests ({} and {"policy": "toca"}) share a compiled model and a batch group. Unknown keys
+    and bad values: ValueError naming them."""
+    import dataclasses
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")             # options the policy ignores: reported per response
+        config = CacheConfig.from_options(options)
+        default = CacheConfig(policy=config.policy)
+    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+               if getattr(config, f.name) != getattr(default, f.name) or f.name == "policy"}
+    return tuple(sorted(changed.items()))
 
 
 def _png(image: torch.Tensor) -> str:
@@ -105,12 +120,19 @@ class Generator:
         self._compiled: OrderedDict = OrderedDict()
 
     def compiled(self, options: tuple):
+        """The model compiled with `options`. Dynamo keeps every compiled variant of the model's
+        forward and stops compiling it at its recompile limit (8), however many of them this
+        replica still holds; so when a new option set would exceed `keep`, every compiled model
+        is dropped and Dynamo reset (the replica recompiles what it needs next)."""
         import tokencache
 
+        from .compat import reset_dynamo
+
         if options not in self._compiled:
+            if len(self._compiled) >= self.keep:
+                self._compiled.clear()
+                reset_dynamo()
             self._compiled[options] = tokencache.compile(self.model, inner=self.inner, **dict(options))
-            while len(self._compiled) > self.keep:
-                self._compiled.popitem(last=False)
         self._compiled.move_to_end(options)
         return self._compiled[options]
 
@@ -144,8 +166,12 @@ class Generator:
         seconds = time.perf_counter() - start
         report = tokencache.report(compiled)
         images = to_image_space(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ignored = CacheConfig.from_options(dict(options)).ignored_options()
         shared = {"seconds": seconds, "batch_requests": len(jobs), "batch_images": len(labels),
                   "policy": report["policy"], "fallback_reason": report["fallback_reason"],
+                  "ignored_options": ignored,
                   "flops_per_generation": report["flops_per_generation"],
                   "flops_uncached_generation": report["flops_uncached_generation"]}
         results, at = [], 0
