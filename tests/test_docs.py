@@ -84,3 +84,17 @@ def test_demo_passes_cache_flags_through(monkeypatch, tmp_path):
                       options={"clusters": 8})
     assert seen[1]["policy"] == "clusca" and seen[1]["clusters"] == 8 and seen[1]["num_steps"] == 2
     assert "clusters" not in seen[0]
+
+
+def test_an_ignored_option_warns_once_per_compile_not_per_generation():
+    """A generation of another step count rebuilt the config with dataclasses.replace, which warned again."""
+    from tiny_models import generate, noise, reference_case
+
+    case = reference_case()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = tokencache.compile(case.build(), policy="fora", ratio=0.5, num_steps=4, inner="eager")
+        for steps in (3, 5):
+            with tokencache.generation(compiled, steps=steps):
+                generate(case, compiled, noise(case), steps=steps)
+    assert sum("ratio=0.5 is read only by" in str(w.message) for w in caught) == 1

@@ -1,6 +1,7 @@
 """CacheConfig: the one settings object. `torch.compile(..., options={...})` keys are its fields."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass
@@ -174,6 +175,15 @@ class CacheConfig:
     def torch_cache_dtype(self):
         import torch
         return getattr(torch, self.cache_dtype)
+
+    def with_steps(self, num_steps: int) -> "CacheConfig":
+        """This config for generations of `num_steps` steps (validated once already: no second
+        round of warnings, as dataclasses.replace would give)."""
+        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+            raise ValueError(f"tokencache: num_steps must be an integer >= 1, got {num_steps!r}")
+        changed = copy.copy(self)
+        object.__setattr__(changed, "num_steps", num_steps)
+        return changed
 
     def selection_for(self, policy: str) -> str:
         if self.selection != "auto":

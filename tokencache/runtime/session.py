@@ -15,7 +15,6 @@ history), so positions never read each other's features.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 import warnings
 import weakref
@@ -38,7 +37,7 @@ class Schedules:
 
     def __call__(self, steps: int) -> list[str]:
         if steps not in self._cache:
-            names = self.policy.schedule(dataclasses.replace(self.config, num_steps=steps))
+            names = self.policy.schedule(self.config.with_steps(steps))
             self._cache[steps] = [n if n in self.variants else names[0] for n in names]
         return self._cache[steps]
 
