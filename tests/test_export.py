@@ -247,3 +247,12 @@ def test_tensorrt_engines_replay(bundle, tmp_path, cuda_graphs):
         inputs["timestep"] = torch.tensor([t, t])
         a, b = trt(**inputs)[0].cpu().numpy(), ort(**inputs)[0]
         assert np.abs(a - b).max() / np.abs(b).max() < 1e-3
+
+
+def test_export_takes_every_cache_option():
+    from tokencache.cli_args import cache_flags
+
+    args = _parse_export("--policy", "dato", "--prune-ratio", "0.2", "--interval", "2", "--out", "x")
+    assert cache_flags(args) == {"prune_ratio": 0.2, "interval": 2}
+    with pytest.raises(SystemExit):
+        _parse_export("--prune-ratio", "1.5")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_args import positive_int, ratio
+from ..cli_args import add_cache_flags, cache_flags, positive_int
 from ..config import POLICIES
 from .onnx import EXPORTERS, OPSETS
 from .tensorrt import PRECISIONS
@@ -17,8 +17,6 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     exp.add_argument("--model", default="embedded",
                      help="embedded (default), embedded-pixart, embedded-mmdit, dit-s, pixart-1k, or package.module:factory")
     exp.add_argument("--policy", choices=POLICIES, default="toca")
-    exp.add_argument("--interval", type=positive_int, default=3)
-    exp.add_argument("--ratio", type=ratio, default=0.25)
     exp.add_argument("--steps", type=positive_int, default=50, help="steps per generation of the schedule")
     exp.add_argument("--out", type=Path, default=Path("bundle"))
     exp.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
@@ -35,6 +33,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     exp.add_argument("--triton", type=Path, default=None, metavar="DIR",
                      help="also write a Triton Inference Server model repository for the bundle into DIR")
     exp.add_argument("--triton-name", default="tokencache", help="the model's name in that repository")
+    add_cache_flags(exp)
     return exp
 
 
@@ -68,8 +67,7 @@ def run_export(args) -> int:
 
     from .. import compile as tc_compile
 
-    compiled = tc_compile(target.model, policy=args.policy, interval=args.interval, ratio=args.ratio,
-                          num_steps=args.steps, inner="eager")
+    compiled = tc_compile(target.model, policy=args.policy, num_steps=args.steps, inner="eager", **cache_flags(args))
     with torch.no_grad():
         target.step(compiled, target.init(), 0, args.steps)      # one call captures the graphs
     out = export(compiled, args.out, exporter=args.exporter, opset=args.opset)
