@@ -116,7 +116,7 @@ def test_options_are_validated_and_a_non_grid_model_says_why():
     case = reference_case(image=12)               # 6x6 tokens: 4x4 patches do not divide it
     model = case.build()
     compiled = _dato(model, prune_patch=4)
-    with pytest.warns(UserWarning, match="square grid that patches of 4x4 divide"):
+    with pytest.warns(UserWarning, match=r"square grid that patches of 4x4 divide; .* 36 tokens: prune_patch=1 or 2 or 3 or 6 fits its 6x6 grid"):
         generate(case, compiled, noise(case), steps=2)
 
 

@@ -46,6 +46,7 @@ def test_layout_and_config(bundle, tmp_path):
     assert [o.name for o in config.output] == [s["name"] for s in manifest["signature"]["outputs"]]
     assert [c.name for c in config.sequence_batching.control_input] == ["START", "END"]
     assert config.parameters["runner"].string_value == "onnxruntime"
+    assert config.parameters["sequence_idle_seconds"].string_value == "600"
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
 
 
@@ -132,3 +133,11 @@ def test_model_replays_interleaved_sequences(bundle, tmp_path, monkeypatch):
     for c in (1, 2):
         torch.testing.assert_close(x[c], expected[c], rtol=0, atol=1e-6)
     assert model.generations == {}          # END freed both sequences
+    # a sequence that never sends END is freed once idle past sequence_idle_seconds
+    values = {"hidden_states": x[1].numpy(), "timestep": torch.full((2,), 1000.0).numpy(),
+              "class_labels": labels[1].numpy()}
+    model.execute([_Request(9, [_Tensor(n, values[n]) for n in names] + [_Tensor("START", [1.0])])])
+    assert 9 in model.generations
+    model.idle_seconds = 0.0
+    model.execute([])
+    assert model.generations == {}

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 # UsageError stays importable from here, as before
-from .cli_args import UsageError, add_cache_flags, cache_flags, check_output_dir, check_output_file, one_line, positive_int, ratio  # noqa: F401
+from .cli_args import UsageError, add_cache_flags, cache_flags, check_output_dir, check_output_file, non_negative, one_line, positive_int, ratio  # noqa: F401
 from .config import INNER_BACKENDS, POLICIES
 from .models import EMBEDDED
 
@@ -41,16 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_flags(prof)
 
     serve = sub.add_parser("serve", help="serve a shipped model behind Ray Serve (the 'serve' extra)")
-    serve.add_argument("--model", choices=list(EMBEDDED), default="embedded")
-    serve.add_argument("--replicas", type=positive_int, default=1)
-    serve.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
-    serve.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", choices=list(EMBEDDED), default="embedded", help="the shipped model served (default embedded)")
+    serve.add_argument("--replicas", type=positive_int, default=1, help="Serve replicas (default 1)")
+    serve.add_argument("--num-cpus", type=non_negative, default=1.0, help="CPUs per replica (default 1)")
+    serve.add_argument("--num-gpus", type=non_negative, default=0.0, help="GPUs per replica (default 0)")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+    serve.add_argument("--port", type=positive_int, default=8000, help="HTTP port (default 8000)")
     serve.add_argument("--max-batch-size", type=positive_int, default=8, help="requests per batch")
-    serve.add_argument("--batch-wait-ms", type=float, default=50.0, help="how long a batch waits to fill")
+    serve.add_argument("--batch-wait-ms", type=non_negative, default=50.0, help="how long a batch waits to fill (default 50)")
     serve.add_argument("--max-steps", type=positive_int, default=250, help="the most steps a request may ask for")
-    serve.add_argument("--inner", choices=INNER_BACKENDS, default="inductor")
+    serve.add_argument("--inner", choices=INNER_BACKENDS, default="inductor", help="inner backend (default inductor)")
 
     from .exporters.cli import add_export_parser
     add_export_parser(sub)

@@ -14,6 +14,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def ratio(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:

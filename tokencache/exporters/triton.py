@@ -44,7 +44,8 @@ def model_config(manifest: dict, name: str, runner: str, gpu: bool, idle_seconds
             f"sequence_batching {{\n  max_sequence_idle_microseconds: {idle_seconds * 1_000_000}\n"
             f"  control_input [\n{control}\n  ]\n}}\n"
             f"instance_group [\n  {{\n    count: 1\n    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}\n  }}\n]\n"
-            f'parameters {{\n  key: "runner"\n  value: {{ string_value: "{runner}" }}\n}}\n')
+            f'parameters {{\n  key: "runner"\n  value: {{ string_value: "{runner}" }}\n}}\n'
+            f'parameters {{\n  key: "sequence_idle_seconds"\n  value: {{ string_value: "{idle_seconds}" }}\n}}\n')
 
 
 def write_triton_repository(bundle: str | Path, out: str | Path, name: str = "tokencache",

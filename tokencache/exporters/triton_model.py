@@ -11,6 +11,7 @@ sequences run in between. The runner is onnxruntime (CUDA provider when present)
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +43,15 @@ class TritonPythonModel:
         self.inputs = [spec["name"] for spec in manifest["signature"]["inputs"]]
         self.outputs = [spec["name"] for spec in manifest["signature"]["outputs"]]
         self.steps = len(manifest["schedule"])
+        # a sequence Triton drops (idle past max_sequence_idle_microseconds) never sends END: its
+        # generation is freed once it has been idle that long here too
+        self.idle_seconds = float(parameters.get("sequence_idle_seconds", 600))
         self.generations: dict = {}       # correlation id -> tokencache.generation handle
+        self.last_seen: dict = {}         # correlation id -> time of its last request
         self._tokencache = tokencache
 
     def execute(self, requests):
+        self._drop_idle(time.monotonic())
         responses = []
         for request in requests:
             try:
@@ -64,16 +70,28 @@ class TritonPythonModel:
             feeds[name] = tensor.as_numpy()
         sequence = request.correlation_id()
         if self._flag(request, "START") or sequence not in self.generations:
+            self._end(sequence)
             self.generations[sequence] = self._tokencache.generation(self.runner, steps=self.steps)
         handle = self.generations[sequence]
+        self.last_seen[sequence] = time.monotonic()
         with handle.resumed():
             outputs = self.runner(**feeds)
         if self._flag(request, "END"):
-            with self.generations.pop(sequence):     # leaving the block frees its caches
-                pass
+            self._end(sequence)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor(name, np.asarray(value.cpu() if hasattr(value, "cpu") else value))
             for name, value in zip(self.outputs, outputs)])
+
+    def _end(self, sequence) -> None:
+        handle = self.generations.pop(sequence, None)
+        self.last_seen.pop(sequence, None)
+        if handle is not None:
+            with handle:                  # leaving the block frees its caches
+                pass
+
+    def _drop_idle(self, now: float) -> None:
+        for sequence in [s for s, seen in self.last_seen.items() if now - seen > self.idle_seconds]:
+            self._end(sequence)
 
     @staticmethod
     def _flag(request, name: str) -> bool:
@@ -81,4 +99,5 @@ class TritonPythonModel:
         return tensor is not None and bool(np.asarray(tensor.as_numpy()).reshape(-1)[0])
 
     def finalize(self):
-        self.generations.clear()
+        for sequence in list(self.generations):
+            self._end(sequence)

@@ -1,9 +1,12 @@
 """dato (DaTo): fresh steps run each self-attention on the tokens left after pruning the most
 redundant ones (passes/prune.py); between fresh steps every cached region is reused (FORA-like).
+Self-attention on a square token grid only: joint-attention models (SD3, Flux) fall back, saying so.
 
 Exact with prune_ratio=0 and interval=1: every step fresh, attention over all tokens.
 """
 from __future__ import annotations
+
+import math
 
 from ..ops.prune_ops import patch_count
 from ..passes import fresh, reuse
@@ -31,9 +34,14 @@ class DatoPolicy(ForaPolicy):
             if not attention:
                 return ("dato prunes tokens before self-attention and no self-attention module was found "
                         "(policy='fora' reuses whole modules)")
+            tokens = attention[0].tokens
+            side = math.isqrt(tokens)
+            fits = [p for p in range(1, side + 1) if side % p == 0] if side * side == tokens else []
+            hint = (f"prune_patch={' or '.join(map(str, fits))} fits its {side}x{side} grid" if fits
+                    else "its tokens are not a square grid")
             return (f"dato needs the tokens on a square grid that patches of {config.prune_patch}x"
-                    f"{config.prune_patch} divide; {attention[0].name} has {attention[0].tokens} tokens "
-                    "(set prune_patch, or policy='fora')")
+                    f"{config.prune_patch} divide; {attention[0].name} has {tokens} tokens: {hint} "
+                    "(or policy='fora')")
         return None
 
     def variants(self, gm, analysis, config):
