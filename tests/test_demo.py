@@ -22,3 +22,15 @@ def test_demo_rejects_bad_ratio(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--ratio", "1.5"])
     assert "'ratio' must be a number in (0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_demo_reports_the_options_its_policy_reads(tmp_path, capsys):
+    """The header and demo.json name the options the cached run's policy reads (dato: its prune
+    options, not toca's ratio)."""
+    import json
+
+    assert main(["demo", "--quick", "--policy", "dato", "--prune-ratio", "0.2", "--steps", "4", "--samples", "2",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "tokencache policy=dato prune_ratio=0.2" in out and "ratio=0.25" not in out
+    assert json.loads((tmp_path / "demo.json").read_text())["options"] == {"policy": "dato", "prune_ratio": 0.2}

@@ -90,7 +90,7 @@ def test_demo_and_profile_run_it(tmp_path, capsys):
     assert "SD3Transformer2DModel" in capsys.readouterr().out
     demo = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert demo["fallback_reason"] is None and demo["flop_speedup"] > 1.5
-    assert demo["settings"]["context_tokens"] == "reuse" and demo["psnr_db"] > 15
+    assert demo["options"]["context_tokens"] == "reuse" and demo["psnr_db"] > 15
     out = tmp_path / "p.json"
     assert main(["profile", "--quick", "--model", "embedded-mmdit", "--steps", "6", "--rounds", "1",
                  "--context-tokens", "reuse", "--json", str(out)]) == 0

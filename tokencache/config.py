@@ -176,6 +176,15 @@ class CacheConfig:
         import torch
         return getattr(torch, self.cache_dtype)
 
+    def changed_options(self) -> dict[str, Any]:
+        """The options that differ from their defaults under this policy (the policy included):
+        what a user set, as far as it matters."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            default = CacheConfig(policy=self.policy)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name == "policy" or getattr(self, f.name) != getattr(default, f.name)}
+
     def with_steps(self, num_steps: int) -> "CacheConfig":
         """This config for generations of `num_steps` steps (validated once already: no second
         round of warnings, as dataclasses.replace would give)."""

@@ -58,9 +58,10 @@ def run_demo(policy: str = "toca", interval: int = 3, ratio: float = 0.25, steps
     pictures = {name: to_image_space(x) for name, x in images.items()}
     result = {
         "model": EMBEDDED[model_name].description,
-        "settings": dict(model=model_name, policy=policy, interval=interval, ratio=ratio, steps=steps, samples=samples,
-                         rounds=rounds, inner=inner, guidance=guidance, seed=seed,
-                         context_tokens=context_tokens or "recompute", **extra),
+        "settings": dict(model=model_name, steps=steps, samples=samples, rounds=rounds, inner=inner,
+                         guidance=guidance, seed=seed),
+        # the cached run's options that matter: those its policy reads, where they differ from its defaults
+        "options": _options_read(reports["tokencache"]["config"]),
         "uncached_s": median_total(timed["uncached"]),
         "tokencache_s": median_total(timed["tokencache"]),
         "first_generation_s": first,
@@ -101,12 +102,23 @@ def save_grid(top: torch.Tensor, bottom: torch.Tensor, path: Path, scale: int = 
     out.save(path)
 
 
+def _options_read(config: dict) -> dict:
+    """Non-default options of a reported config that its policy reads (num_steps, inner: shown apart)."""
+    from .config import CacheConfig
+    from .docs import options
+
+    readers = {o.name: o.used_by for o in options()}
+    changed = CacheConfig(**config).changed_options()
+    return {k: v for k, v in changed.items() if k not in ("num_steps", "inner")
+            and (readers[k] is None or changed["policy"] in readers[k])}
+
+
 def format_table(result: dict) -> str:
     s = result["settings"]
     acc = result["class_accuracy"]
     lines = [
         f"{result['model']}\n{s['samples']} samples, {s['steps']} steps, CFG {s['guidance']}, inner={s['inner']}; "
-        f"tokencache policy={s['policy']} interval={s['interval']} ratio={s['ratio']}",
+        "tokencache " + " ".join(f"{k}={v}" for k, v in result["options"].items()),
         f"schedule: {result['schedule']}",
         "",
         f"{'':14}{'time (s)':>10}{'speed-up':>10}{'FLOP x':>8}{'PSNR dB':>9}{'SSIM':>8}{'class acc':>11}",

@@ -83,15 +83,10 @@ def canonical_options(options: dict) -> tuple:
     """The options that differ from their defaults under the chosen policy, sorted: equivalent
     requests ({} and {"policy": "toca"}) share a compiled model and a batch group. Unknown keys
     and bad values: ValueError naming them."""
-    import dataclasses
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")             # options the policy ignores: reported per response
         config = CacheConfig.from_options(options)
-        default = CacheConfig(policy=config.policy)
-    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-               if getattr(config, f.name) != getattr(default, f.name) or f.name == "policy"}
-    return tuple(sorted(changed.items()))
+    return tuple(sorted(config.changed_options().items()))
 
 
 def _png(image: torch.Tensor) -> str:
