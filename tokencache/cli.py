@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 # UsageError stays importable from here, as before
-from .cli_args import UsageError, add_cache_flags, cache_flags, check_output_dir, check_output_file, non_negative, one_line, positive_int, ratio  # noqa: F401
-from .config import INNER_BACKENDS, POLICIES
+from .cli_args import UsageError, add_cache_flags, cache_flags, check_output_dir, check_output_file, non_negative, one_line, positive_int  # noqa: F401
+from .config import INNER_BACKENDS, POLICIES, CacheConfig
 from .models import EMBEDDED
 
 
@@ -79,12 +79,10 @@ def _run(args) -> int:
 
         quick = args.quick
         check_output_dir(args.out, "--out")
-        extra = cache_flags(args)
-        result = run_demo(policy=args.policy, interval=extra.pop("interval", 3), ratio=extra.pop("ratio", 0.25),
-                          steps=args.steps or (20 if quick else 50), samples=args.samples or (10 if quick else 20),
-                          rounds=args.rounds or (1 if quick else 3), inner=args.inner or ("eager" if quick else "inductor"),
-                          out=args.out, model=args.model, context_tokens=extra.pop("context_tokens", None),
-                          options=extra)
+        result = run_demo(policy=args.policy, steps=args.steps or (20 if quick else 50),
+                          samples=args.samples or (10 if quick else 20), rounds=args.rounds or (1 if quick else 3),
+                          inner=args.inner or ("eager" if quick else "inductor"), out=args.out, model=args.model,
+                          options=cache_flags(args))
         print(format_table(result))
         print("wrote " + ", ".join(result["files"]))
     elif args.command == "profile":
@@ -146,7 +144,7 @@ def _profile(args) -> int:
     steps, rounds = args.steps or (8 if args.quick else 20), args.rounds or (2 if args.quick else 5)
     inner = args.inner or ("eager" if args.quick else "inductor")
     extra = cache_flags(args)
-    interval, ratio = extra.pop("interval", 3), extra.pop("ratio", 0.25)
+    interval, ratio = extra.pop("interval", CacheConfig.interval), extra.pop("ratio", CacheConfig.ratio)
     settings = {f"{p} N={interval}" + (f" r={ratio}" if p in ("toca", "duca") else ""):
                 {"policy": p, "interval": interval, "ratio": ratio, **extra} for p in policies}
     try:

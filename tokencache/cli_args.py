@@ -21,13 +21,6 @@ def non_negative(text: str) -> float:
     return value
 
 
-def ratio(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
 # options the commands set themselves (--policy, --inner, --steps) or that the shipped models fix
 _OWN_FLAGS = {"policy", "inner", "num_steps", "timestep_input"}
 

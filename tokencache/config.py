@@ -143,15 +143,13 @@ class CacheConfig:
 
     def ignored_options(self) -> list[str]:
         """Options set away from their default that the chosen policy does not read."""
-        out = []
-        for f in dataclasses.fields(self):
-            used_by = f.metadata.get("used_by")
-            default = f.default
-            if f.name == "warmup":
-                default = DEFAULT_WARMUP.get(self.policy, 1)
-            if used_by is not None and self.policy not in used_by and getattr(self, f.name) != default:
-                out.append(f.name)
-        return out
+        return [f.name for f in dataclasses.fields(self) if f.name in self._changed()
+                and f.metadata.get("used_by") is not None and self.policy not in f.metadata["used_by"]]
+
+    def _changed(self) -> set[str]:
+        """Fields that differ from their default under this policy (warmup's depends on it)."""
+        return {f.name for f in dataclasses.fields(self)
+                if getattr(self, f.name) != (DEFAULT_WARMUP.get(self.policy, 1) if f.name == "warmup" else f.default)}
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | "CacheConfig" | None) -> "CacheConfig":
@@ -179,11 +177,8 @@ class CacheConfig:
     def changed_options(self) -> dict[str, Any]:
         """The options that differ from their defaults under this policy (the policy included):
         what a user set, as far as it matters."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            default = CacheConfig(policy=self.policy)
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name == "policy" or getattr(self, f.name) != getattr(default, f.name)}
+        changed = self._changed() | {"policy"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in changed}
 
     def with_steps(self, num_steps: int) -> "CacheConfig":
         """This config for generations of `num_steps` steps (validated once already: no second
