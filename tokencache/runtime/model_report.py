@@ -37,7 +37,6 @@ def outside_flops(runtime) -> Counter:
     (up to three path components), counted on fake tensors like CacheRuntime.variant_flops."""
     from ..compat import fake_tensor_mode, module_path
     from .flops import count_graph_flops
-    from .runtime import ExampleSpec
 
     regions = [r["region"] for r in runtime.report_base.get("regions") or []]
     if runtime.report_base.get("fallback_reason") is not None or runtime.report_base.get("policy") == "none":
@@ -51,8 +50,8 @@ def outside_flops(runtime) -> Counter:
             found[".".join(path.split(".")[:3]) or "(top level)"] += flops
 
     with torch.no_grad(), fake_tensor_mode():
-        example = [spec.empty() if isinstance(spec, ExampleSpec) else spec for spec in runtime.examples]
-        count_graph_flops(runtime.variants[name], runtime.assemble(name, example, {}, 0, [0]), per_node=note)
+        count_graph_flops(runtime.variants[name], runtime.assemble(name, runtime.fake_examples(), {}, 0, [0]),
+                          per_node=note)
     return found
 
 

@@ -278,6 +278,11 @@ class CacheRuntime:
         return [by_position[i] if i in by_position else spec.make(i) if isinstance(spec, ExampleSpec) else spec
                 for i, spec in enumerate(self.examples)]
 
+    def fake_examples(self) -> list:
+        """The captured inputs as empty tensors of their shapes, dtypes and devices (call it inside
+        compat.fake_tensor_mode: no memory), small values as they were: for FLOP counting."""
+        return [spec.empty() if isinstance(spec, ExampleSpec) else spec for spec in self.examples]
+
     def variant_flops(self) -> dict[str, int]:
         """FLOPs of one call of each variant, counted on fake tensors of the captured shapes,
         dtypes and devices (no memory, no compute, whatever dtype or device the model has moved to
@@ -286,7 +291,7 @@ class CacheRuntime:
         flops: dict[str, int] = {}
         fresh_steps: list[int] = []
         with torch.no_grad(), fake_tensor_mode():
-            example = [spec.empty() if isinstance(spec, ExampleSpec) else spec for spec in self.examples]
+            example = self.fake_examples()
             for step, name in enumerate(self.schedule):
                 if name in flops:
                     continue
@@ -303,8 +308,7 @@ class CacheRuntime:
         if self.captured is None:
             return flops[self.schedule[0]]
         with torch.no_grad(), fake_tensor_mode():
-            example = [spec.empty() if isinstance(spec, ExampleSpec) else spec for spec in self.examples]
-            return count_graph_flops(self.captured, example)[1]
+            return count_graph_flops(self.captured, self.fake_examples())[1]
 
     def report(self, entry: ModelEntry) -> dict:
         flops = self.variant_flops()
