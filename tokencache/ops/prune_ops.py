@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .token_ops import _rows, gather_rows
+from .token_ops import _LCG_M, _rows, gather_rows, next_random
 
 NOISE = 0.1
 
@@ -34,8 +34,6 @@ def pruned_count(tokens: int, patch: int, prune: float) -> int:
 
 def gaussian(state: torch.Tensor) -> torch.Tensor:
     """A standard normal draw per token (Box-Muller) from the int64 generator state (N,)."""
-    from .token_ops import _LCG_M, next_random
-
     u1 = (state.to(torch.float32) + 1.0) / (_LCG_M + 1.0)
     u2 = next_random(state).to(torch.float32) / _LCG_M
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)

@@ -37,12 +37,18 @@ def pruned_path(gm: fx.GraphModule, region: Region) -> Region:
 
 
 def prune_attention(gm: fx.GraphModule, regions: list[Region], config: CacheConfig) -> fx.GraphModule:
-    """`regions`: self-attention regions on a square token grid (policies/dato.py picks them);
-    one whose path cannot be resized (a mask over all tokens) raises NotTokenLocal."""
+    """`regions`: self-attention regions on a square token grid (policies/dato.py picks them).
+    One whose path cannot be resized (a mask over all tokens) is left whole."""
     gm = copy_module(gm)
     before = {n.name: n for n in gm.graph.nodes}
-    for index, region in enumerate(regions):
-        _rewrite(gm, pruned_path(gm, region), config, index, before)
+    resized = []
+    for region in regions:
+        try:
+            resized.append(pruned_path(gm, region))
+        except NotTokenLocal:
+            continue
+    for index, region in enumerate(resized):
+        _rewrite(gm, region, config, index, before)
     return finish(gm)
 
 

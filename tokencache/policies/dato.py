@@ -10,8 +10,7 @@ import math
 
 from ..ops.prune_ops import patch_count
 from ..passes import fresh, reuse
-from ..passes.prune import prune_attention, pruned_path
-from ..compiler.token_axis import NotTokenLocal
+from ..passes.prune import prune_attention
 from .base import FRESH
 from .fora import ForaPolicy
 
@@ -45,13 +44,6 @@ class DatoPolicy(ForaPolicy):
         return None
 
     def variants(self, gm, analysis, config):
-        prunable = []
-        for region in _candidates(analysis, config):
-            try:
-                pruned_path(gm, region)
-                prunable.append(region)
-            except NotTokenLocal:
-                continue          # kept whole in fresh steps; still reused between them
-        full = fresh(gm, analysis.regions, [])
-        return {FRESH: prune_attention(full, prunable, config) if prunable else full,
+        # a candidate whose path cannot be resized stays whole in fresh steps; reused between them
+        return {FRESH: prune_attention(fresh(gm, analysis.regions, []), _candidates(analysis, config), config),
                 "reuse": reuse(gm, analysis.regions)}

@@ -2,8 +2,8 @@
 
 torch's FlopCounterMode counts the aten ops a graph runs. It has no formula for the CPU kernel of
 scaled_dot_product_attention (`_scaled_dot_product_flash_attention_for_cpu`, torch 2.13): the
-attention's own matmuls counted 0 on CPU, so it gets the formula of the CUDA flash kernel (same
-inputs, same work). It cannot run flex_attention (the
+attention's own matmuls counted 0 on CPU, so it gets the dense attention formula below (the work
+the CUDA kernels are counted for). It cannot run flex_attention (the
 higher-order op fails to dispatch under the counter: AnyFlowFAR, Kandinsky 6 SR), so a graph that
 calls it runs node by node and each flex_attention counts as the dense attention it computes:
 2·B·H·Lq·Lk·(D + Dv), block sparsity not subtracted.
