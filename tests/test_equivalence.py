@@ -97,6 +97,26 @@ def test_packed_weights_follow_weight_updates():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_cached_steps_pack_their_modulation_rows_once():
+    """A FORA step computes only the gate rows of each adaLN projection (a row slice of the weight,
+    passes/dead_chunks.py). Those rows are packed once: the second generation packs nothing (the
+    slice is a new tensor at every call; keyed by it, every cached step re-packed every block's
+    gate weights), and the result stays the eager one."""
+    case = ALL_CASES["reference"]()
+    model = case.build()
+    x0 = noise(case, batch=8)                  # 8 rows: 2 to 4 run as W @ x^T, unpacked (ops/linear.py)
+    options = dict(num_steps=10, policy="fora", interval=3)
+    compiled = tokencache.compile(model, inner="inductor", cpu_matmul="onednn_packed", **options)
+    eager = tokencache.compile(case.build(), inner="eager", **options)
+    first = generate(case, compiled, x0)
+    packs = introspect.packed_weight_packs()
+    assert rel_err(generate(case, compiled, x0), first) == 0.0
+    assert introspect.packed_weight_packs() == packs
+    assert rel_err(first, generate(case, eager, x0)) <= TOL
+
+
+@pytest.mark.slow
 def test_inductor_token_wise_steps_write_caches_in_place():
     """On the CPU the compiled partial graphs write their K new rows into the cache they were given
     (passes/inplace_cache.py), where the eager variants build a new cache; both give the same images."""

@@ -1,4 +1,5 @@
 """Unit tests of the pieces: token scores and selection, region analysis (the step clock: test_steps.py)."""
+import copy
 import operator
 import os
 
@@ -218,10 +219,23 @@ def test_onednn_linear_rewrites_linears_and_fuses_gelu():
     gm, example = _capture_call(net, lambda m: m(x, v, u))
     rewritten = onednn_linear(gm)
     targets = [n.target for n in rewritten.graph.nodes if n.op == "call_function"]
-    fused = [n.args[3:] for n in rewritten.graph.nodes if n.target is torch.ops.tokencache.linear.default]
+    fused = [n.args[3:5] for n in rewritten.graph.nodes if n.target is torch.ops.tokencache.linear.default]
     assert torch.nn.functional.linear not in targets
     assert sorted(fused) == [("gelu", "none"), ("gelu", "tanh"), ("none", ""), ("none", ""), ("none", "")]
     assert targets.count(torch.nn.functional.gelu) == 1      # z has two users: its GELU is not fused
+    # a row slice of a parameter (passes/dead_chunks.py) becomes the parameter and its row range
+    sliced = copy.deepcopy(gm)
+    linear = next(n for n in sliced.graph.nodes if n.target is torch.nn.functional.linear)
+    with sliced.graph.inserting_before(linear):
+        rows = sliced.graph.call_function(operator.getitem, (linear.args[1], slice(0, 8)))
+    bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
+    with sliced.graph.inserting_before(linear):
+        bias_rows = sliced.graph.call_function(operator.getitem, (bias, slice(0, 8)))
+    linear.args, linear.kwargs = (linear.args[0], rows, bias_rows), {}
+    sliced.recompile()
+    op = next(n for n in onednn_linear(sliced).graph.nodes if n.target is torch.ops.tokencache.linear.default
+              and n.args[5])
+    assert op.args[1] is not None and op.args[1].op == "placeholder" and op.args[5] == [0, 8]
     with torch.no_grad():
         for got, want in zip(rewritten(*example), gm(*example)):
             assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -243,6 +257,12 @@ def test_tokencache_linear_op_matches_linear(shape, post_op, algorithm, op_name)
     got = op(x, w, b, post_op, algorithm)
     assert got.shape == want.shape and got.is_contiguous()
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    # rows 8..19 of the weight (a live modulation chunk): the op takes the whole weight and the range
+    part = torch.nn.functional.linear(x, w[8:20], b[8:20])
+    if post_op == "gelu":
+        part = torch.nn.functional.gelu(part, approximate=algorithm)
+    got = op(x, w, b[8:20], post_op, algorithm, [8, 20])
+    assert got.shape == part.shape and torch.allclose(got, part, rtol=1e-5, atol=1e-5)
     assert torch.allclose(op(x, w, None, "none", ""), x @ w.t(), rtol=1e-5, atol=1e-5)
 
 
@@ -274,6 +294,13 @@ def test_packed_weights_are_reused_renewed_and_freed():
     assert store.verify([w]) == 1 and matches(w) and store.packs == 4
     store.drop([w])
     assert matches(w) and store.packs == 5
+    rows = store.get(w, 16, (8, 20))       # a row range has its own copy, kept with the weight's
+    assert rows is store.get(w, 16, (8, 20)) and store.packs == 6
+    got = torch.ops.mkldnn._linear_pointwise(x, rows, None, "none", [], "")
+    assert torch.allclose(got, x @ w.detach()[8:20].t(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        w.mul_(2.0)                        # a new version renews the whole weight's copies
+    assert store.get(w, 16, (8, 20)) is not rows and store.packs == 7
     del w
     gc.collect()
     assert store._entries == {}

@@ -13,8 +13,14 @@ kernel call and that forwards to oneDNN's linear on the live weights (the op: op
 With cpu_matmul="onednn_packed" the rewrite calls `tokencache::linear_packed` instead, which runs
 the GEMMs on packed copies of the weights kept by runtime/packed_weights.py (no reorder per call,
 a second copy of each GEMM weight in memory).
+
+A weight that is a row slice of a parameter (the live modulation chunks of passes/dead_chunks.py)
+is passed whole with the row range (the op's `rows_of_weight`), so its packed copy is found again
+at every call (ops/linear.py says why).
 """
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.fx as fx
@@ -45,11 +51,23 @@ def onednn_linear(gm: fx.GraphModule, packed: bool = False, fuse_gelu: bool = Tr
             gelu = users[0]
             approximate = gelu.args[1] if len(gelu.args) > 1 else gelu.kwargs.get("approximate", "none")
             post_op, algorithm, last = "gelu", approximate, gelu
+        weight, rows = _whole_weight(weight)
         with graph.inserting_after(last):
-            fused = graph.call_function(target, (x, weight, bias, post_op, algorithm))
+            fused = graph.call_function(target, (x, weight, bias, post_op, algorithm, rows))
         fused.meta = dict(last.meta)
         last.replace_all_uses_with(fused)
         if last is not node:
             graph.erase_node(last)
         graph.erase_node(node)
     return finish(gm)
+
+
+def _whole_weight(weight) -> tuple[fx.Node, list[int]]:
+    """(parameter, [start, stop]) for `parameter[start:stop]`, else (weight, [])."""
+    if isinstance(weight, fx.Node) and weight.op == "call_function" and weight.target is operator.getitem \
+            and isinstance(weight.args[0], fx.Node) and weight.args[0].op == "placeholder":
+        rows = weight.args[1]
+        if isinstance(rows, slice) and rows.step in (None, 1) and isinstance(rows.start, int) \
+                and isinstance(rows.stop, int) and 0 <= rows.start < rows.stop:
+            return weight.args[0], [rows.start, rows.stop]
+    return weight, []

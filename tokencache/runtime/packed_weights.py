@@ -33,28 +33,31 @@ from ..compat import onednn_pack_linear_weight, tensor_version
 
 class PackedWeights:
     def __init__(self):
-        # id(weight) -> (weakref to the weight, its version, its data pointer, packed copy, fingerprint)
-        self._entries: dict[int, tuple[weakref.ref, int, int, torch.Tensor, torch.Tensor]] = {}
+        # id(weight) -> [weakref to the weight, its version, its data pointer, fingerprint,
+        #                {row range or None: packed copy}]
+        self._entries: dict[int, list] = {}
         self.packs = 0          # how many times a weight was packed (tests: reuse, repack on change)
 
-    def get(self, weight: torch.Tensor, rows: int) -> torch.Tensor:
-        """The packed copy of `weight` (out_features, in_features); `rows`: a row count it will
-        multiply, which oneDNN takes as a hint for the layout."""
+    def get(self, weight: torch.Tensor, rows: int, part: tuple[int, int] | None = None) -> torch.Tensor:
+        """The packed copy of `weight` (out_features, in_features), or of its rows part[0]..part[1]-1;
+        `rows`: a row count it will multiply, which oneDNN takes as a hint for the layout."""
         entry = self._entry(weight)
-        if entry is not None and entry[1] == tensor_version(weight) and entry[2] == weight.data_ptr():
-            return entry[3]
-        key = id(weight)
-        packed = onednn_pack_linear_weight(weight.detach().contiguous(), rows)
-        self._entries[key] = (weakref.ref(weight, lambda _ref, key=key: self._forget(key, _ref)),
-                              tensor_version(weight), weight.data_ptr(), packed, fingerprint(weight))
-        self.packs += 1
+        if entry is None or entry[1] != tensor_version(weight) or entry[2] != weight.data_ptr():
+            key = id(weight)
+            entry = self._entries[key] = [weakref.ref(weight, lambda _ref, key=key: self._forget(key, _ref)),
+                                          tensor_version(weight), weight.data_ptr(), fingerprint(weight), {}]
+        packed = entry[4].get(part)
+        if packed is None:
+            source = weight.detach() if part is None else weight.detach()[part[0]:part[1]]
+            packed = entry[4][part] = onednn_pack_linear_weight(source.contiguous(), rows)
+            self.packs += 1
         return packed
 
     def verify(self, weights: Iterable[torch.Tensor]) -> int:
         """Drop the copies of those weights whose bytes changed since they were packed (a write
-        through `.data`); returns how many were dropped. The next use packs them again."""
+        through `.data`); returns how many weights were dropped. The next use packs them again."""
         stale = [w for w in weights
-                 if (entry := self._entry(w)) is not None and not torch.equal(entry[4], fingerprint(w))]
+                 if (entry := self._entry(w)) is not None and not torch.equal(entry[3], fingerprint(w))]
         self.drop(stale)
         return len(stale)
 
@@ -72,9 +75,9 @@ class PackedWeights:
         self._entries.clear()
 
     def nbytes(self, weights: Iterable[torch.Tensor]) -> int:
-        """Memory held by the packed copies of these weights."""
+        """Memory held by the packed copies of these weights (whole or row ranges)."""
         entries = [self._entry(w) for w in weights]
-        return sum(e[3].numel() * e[3].element_size() for e in entries if e is not None)
+        return sum(p.numel() * p.element_size() for e in entries if e is not None for p in e[4].values())
 
     def _entry(self, weight: torch.Tensor):
         """This weight's entry; None if it has none (ids are reused after a weight is freed, so an
