@@ -147,3 +147,43 @@ def test_same_module_compiled_twice_reports_each():
     generate(case, toca, x0)
     assert tokencache.report(fora)["policy"] == "fora" and tokencache.report(toca)["policy"] == "toca"
     assert tokencache.report(fora)["variants"]["reuse"]["calls"] == 6
+
+
+def test_timestep_views_of_the_schedule_are_read_without_a_device_read(monkeypatch):
+    """On a GPU, float(t) of a device timestep waits for every queued kernel, at every call. A
+    sampler that passes views of its schedule (diffusers pipelines: `t.expand(batch)` of an element
+    of scheduler.timesteps) has them read from one host copy of the schedule (runtime/host_scalar.py);
+    a timestep computed from it is read from the device, once per call. The device path runs here on
+    CPU tensors (HOST_DEVICES emptied); the clock must decide exactly as with direct reads."""
+    from tokencache.runtime import host_scalar
+    scalars = host_scalar.HOST_SCALARS
+    case = ALL_CASES["diffusers_dit"]()
+    x0, schedule = noise(case), torch.linspace(1000.0, 100.0, 10)
+
+    def run(timestep_of):
+        torch._dynamo.reset()
+        compiled = tokencache.compile(case.build(), policy="fora", interval=3, num_steps=10, inner="eager")
+        outs = []
+        with torch.no_grad():
+            for _ in range(2):
+                x = x0.clone()
+                for t in schedule:                     # iterating a tensor yields views of it
+                    x = x - 0.1 * case.call(compiled, x, timestep_of(t, x.shape[0]))
+                outs.append(x)
+        report = tokencache.report(compiled)
+        return outs, {name: v["calls"] for name, v in report["variants"].items()}, report["generations"]
+
+    direct = run(lambda t, b: t.expand(b).contiguous())
+    monkeypatch.setattr(host_scalar, "HOST_DEVICES", ())
+    reads, copies = scalars.device_reads, scalars.mirrored
+    viewed = run(lambda t, b: t.expand(b))
+    assert scalars.device_reads == reads and scalars.mirrored == copies + 1     # one copy, both generations
+    assert viewed[1:] == direct[1:] == ({"fresh": 8, "reuse": 12}, 2)
+    for got, want in zip(viewed[0], direct[0]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    computed = run(lambda t, b: t.expand(b) * 1.0)          # no view of the schedule: read per call
+    assert scalars.device_reads == reads + 20 and computed[1:] == direct[1:]
+    with torch.no_grad():
+        schedule.mul_(0.5)                          # an in-place write to the schedule: copied again
+    assert scalars.value(schedule[3].expand(2)) == float(schedule[3]) and scalars.mirrored == copies + 2
+    assert scalars.value(schedule[2:][3].expand(2)) == float(schedule[5])      # a view of a view

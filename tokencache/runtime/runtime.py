@@ -36,6 +36,7 @@ from ..config import CacheConfig
 from . import registry, steplink
 from .flops import count_graph_flops
 from .generation import active_generation
+from .host_scalar import HOST_SCALARS
 from .packed_weights import PACKED
 from .session import ModelEntry, Schedules, Session
 
@@ -239,10 +240,8 @@ class CacheRuntime:
         return [*args, *(state[k] for k in wiring["state_in"]), *host]
 
     def _timestep_value(self, args) -> float | None:
-        if self.timestep is None:
-            return None
-        t = args[self.timestep.index]
-        return float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+        # from a host copy of the sampler's schedule where `t` is a view of it: no sync per call
+        return None if self.timestep is None else HOST_SCALARS.value(args[self.timestep.index])
 
     def _compiled(self, variant: str, full_args: list):
         if variant not in self.compiled:
