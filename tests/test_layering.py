@@ -26,7 +26,7 @@ LAYERS = [
     {"runtime"},
     {"backend"},                     # the torch.compile backend entry: analysis -> policy -> runtime
     {"exporters"},
-    {"", "introspect", "pipeline", "profiling", "models"},     # "": tokencache/__init__.py
+    {"", "introspect", "pipeline", "profiling", "models", "distributed"},     # "": tokencache/__init__.py
     {"cli", "demo", "serving"},
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}

@@ -247,9 +247,26 @@ def keeps_in_dead_code_elimination(node: fx.Node) -> bool:
     (AnyFlowFAR, Kandinsky 6 SR): without the nesting calls the batched ops fail at run time; and
     an in-place write whose tensor is read later (AceStep's `mask.masked_fill_(window, 0.0)`, whose
     result nobody uses: FX drops it, and the attention then ran unmasked)."""
+    if _unread_collective_wait(node):
+        return False
     return node.is_impure() or (node.op == "call_function"
                                 and getattr(node.target, "__module__", "").startswith("torch._functorch")) \
         or _writes_live_tensor(node)
+
+
+def _unread_collective_wait(node: fx.Node) -> bool:
+    """A `wait_tensor` nobody reads, on an out-of-place functional collective that only it reads
+    (the all-gathered keys and values of an attention that a reuse step dropped: tokencache.distributed).
+    FX keeps every wait_tensor (registered side-effectful). Dropping the wait and its collective is
+    safe when every process runs the same graph, as all processes of a tokencache schedule run the
+    same variant at each step: they all skip the same collectives."""
+    if node.op != "call_function" or node.users or not str(node.target).startswith("_c10d_functional.wait_tensor"):
+        return False
+    source = node.args[0] if node.args else None
+    if not isinstance(source, fx.Node) or source.op != "call_function":
+        return False
+    namespace, _, op = str(source.target).partition(".")
+    return namespace == "_c10d_functional" and not op.split(".")[0].endswith("_") and list(source.users) == [node]
 
 
 # ops that return a view of their first argument: an in-place write through one of them is a write
