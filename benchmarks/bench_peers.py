@@ -118,12 +118,34 @@ class DiffusersCall(torch.nn.Module):
         return out
 
 
-def mag_ratios(make_model, steps, noise, labels):
+def hook_spec(model):
+    """Where the peers hook a model and what they need to know about it.
+
+    The DiT is the diffusers transformer itself. The MMDiT sibling (`CaptionMMDiT`) wraps an
+    `SD3Transformer2DModel` behind the DiT's call (caption lookup outside it): the peers hook the
+    inner transformer (`model.mmdit`), whose blocks and inputs have SD3's names."""
+    if hasattr(model, "mmdit"):
+        return {"target": lambda m: m.mmdit,
+                "taylor_ids": [r"transformer_blocks\.\d+\.attn", r"transformer_blocks\.\d+\.ff",
+                               r"transformer_blocks\.\d+\.ff_context"],
+                "uncond_cond_kwargs": ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"],
+                "cache_dit_pattern": "Pattern_1", "cache_dit_functor": None}      # cache-dit's "StableDiffusion3"
+    # DiT's attention modules are named transformer_blocks.<i>.attn1: the TaylorSeerCache default
+    # identifiers (re.fullmatch of "^transformer_blocks.*attn") match none of them, so it would be a
+    # no-op; we name the attention and feed-forward outputs as the TaylorSeer paper caches them.
+    return {"target": lambda m: m,
+            "taylor_ids": [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"],
+            "uncond_cond_kwargs": ["hidden_states", "timestep", "class_labels"],
+            "cache_dit_pattern": "Pattern_3", "cache_dit_functor": "DiTPatchFunctor"}   # cache-dit's "DiT"
+
+
+def mag_ratios(make_model, steps, noise, labels, spec=None):
     """MagCache's own calibration mode (no skipping) on calibration noise; it prints the ratios."""
     from diffusers import hooks
     model = make_model()
     wrapper = DiffusersCall(model, steps)
-    hooks.apply_mag_cache(model, hooks.MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    hooks.apply_mag_cache((spec or hook_spec(model))["target"](model),
+                          hooks.MagCacheConfig(calibrate=True, num_inference_steps=steps))
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         sample(wrapper, noise, labels, steps=steps)
@@ -133,27 +155,26 @@ def mag_ratios(make_model, steps, noise, labels):
     return [float(r) for r in ast.literal_eval(lines[-1])]
 
 
-def diffusers_peers(make_model, steps, calib):
+def diffusers_peers(make_model, steps, calib, spec=None):
+    """name -> build() returning (callable, reset); the hooks sit on spec["target"](model)."""
     from diffusers import hooks
+    spec = spec or hook_spec(make_model())
 
     def make(apply, uncond_first=False):
         def build():
             model = make_model()
             wrapper = DiffusersCall(model, steps, uncond_first)
-            apply(model, wrapper)
+            apply(spec["target"](model), wrapper)
             return wrapper, wrapper.reset
         return build
 
-    # DiT's attention modules are named transformer_blocks.<i>.attn1: the TaylorSeerCache default
-    # identifiers (re.fullmatch of "^transformer_blocks.*attn") match none of them, so it would be a
-    # no-op; we name the attention and feed-forward outputs as the TaylorSeer paper caches them.
-    taylor_ids = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
+    taylor_ids = spec["taylor_ids"]
     ratios = {}
 
     def mag(threshold):
         def apply(m, w):
             if "r" not in ratios:
-                ratios["r"] = mag_ratios(make_model, steps, *calib)
+                ratios["r"] = mag_ratios(make_model, steps, *calib, spec=spec)
             hooks.apply_mag_cache(m, hooks.MagCacheConfig(threshold=threshold, num_inference_steps=steps,
                                                           mag_ratios=ratios["r"]))
         return apply
@@ -173,7 +194,7 @@ def diffusers_peers(make_model, steps, calib):
         unconditional_batch_skip_range=5, unconditional_batch_timestep_skip_range=(-1, 641),
         current_timestep_callback=lambda: w.timestep, attention_weight_callback=lambda _: 0.5,
         tensor_format="BCHW",
-        _unconditional_conditional_input_kwargs_identifiers=["hidden_states", "timestep", "class_labels"])),
+        _unconditional_conditional_input_kwargs_identifiers=spec["uncond_cond_kwargs"])),
         uncond_first=True)
     peers.update({f"diffusers MagCache t={t}": make(mag(t)) for t in (0.06, 0.12)})
     return peers
@@ -183,7 +204,8 @@ def diffusers_peers(make_model, steps, calib):
 # cache-dit: a transformer-only BlockAdapter with its own DiT patch functor
 # ----------------------------------------------------------------------------------------------
 
-def cache_dit_peer(make_model, steps, threshold, order):
+def cache_dit_peer(make_model, steps, threshold, order, spec=None):
+    """build() returning (model, reset); cache-dit's blocks are those of spec["target"](model)."""
     def build():
         import logging
 
@@ -197,17 +219,22 @@ def cache_dit_peer(make_model, steps, threshold, order):
         from cache_dit.caching.patch_functors import DiTPatchFunctor
         logging.getLogger("cache_dit").setLevel(logging.WARNING)
         model = make_model()
+        sp = spec or hook_spec(model)
+        transformer = sp["target"](model)
         kwargs = {"calibrator_config": TaylorSeerCalibratorConfig(taylorseer_order=order)} if order else {}
-        # the "DiT" adapter cache-dit registers for DiTPipeline, minus the pipeline: Pattern_3 blocks and
-        # DiTPatchFunctor (diffusers' DiT forward reads transformer_blocks[0].norm1, which the swapped-in
-        # cached block list does not have). CFG is one batched call, so no separate-CFG context.
-        adapter = BlockAdapter(transformer=model, blocks=model.transformer_blocks,
-                               forward_pattern=ForwardPattern.Pattern_3, patch_functor=DiTPatchFunctor())
+        # the adapter cache-dit registers for the model's pipeline, minus the pipeline. DiT ("DiT"):
+        # Pattern_3 blocks and DiTPatchFunctor (diffusers' DiT forward reads transformer_blocks[0].norm1,
+        # which the swapped-in cached block list does not have); SD3 ("StableDiffusion3"): Pattern_1.
+        # CFG is one batched call, so no separate-CFG context.
+        functor = {"DiTPatchFunctor": DiTPatchFunctor, None: lambda: None}[sp["cache_dit_functor"]]()
+        adapter = BlockAdapter(transformer=transformer, blocks=transformer.transformer_blocks,
+                               forward_pattern=getattr(ForwardPattern, sp["cache_dit_pattern"]),
+                               patch_functor=functor)
         cache_dit.enable_cache(adapter, cache_config=DBCacheConfig(
             Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
             num_inference_steps=steps, enable_separate_cfg=False), **kwargs)
         # without a pipeline nothing resets the context between generations: refresh it explicitly
-        return model, lambda: cache_dit.refresh_context(model, num_inference_steps=steps)
+        return model, lambda: cache_dit.refresh_context(transformer, num_inference_steps=steps)
     return build
 
 
@@ -219,6 +246,27 @@ def cache_dit_quiet():
 
 
 # ----------------------------------------------------------------------------------------------
+
+MODELS = {
+    "embedded": "embedded trained Fashion-MNIST DiT (64 tokens, 6 layers, hidden 128)",
+    "embedded-mmdit": "embedded trained Fashion-MNIST MMDiT (SD3Transformer2DModel, 64 image + 4 caption tokens, "
+                      "6 layers, hidden 128)",
+    "1k": "random-weight DiTTransformer2DModel, 1024 tokens (sample 64, patch 2), 6 layers, hidden 384",
+}
+
+
+def model_setup(config):
+    """(make_model, noise_of(n, seed), description) of a --config: the trained embedded models
+    (32x32 Fashion-MNIST noise) or the random-weight 1024-token DiT (64x64 latents)."""
+    if config == "1k":
+        def noise_of(n, seed):
+            return torch.randn(n, 1, 64, 64, generator=torch.Generator().manual_seed(seed))
+        return (lambda: build_model(CONFIG_1K).eval()), noise_of, MODELS[config]
+    if config == "embedded":
+        return load_default_model, make_noise, MODELS[config]
+    from tokencache.models import load_embedded
+    return (lambda: load_embedded(config)), make_noise, MODELS[config]
+
 
 def candidates(make_model, steps, inner, calib):
     def tc(options):
@@ -275,16 +323,7 @@ def main(argv=None):
     json_path = args.out or os.path.join(RESULTS, f"peers{suffix}.json")
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     time_n = args.time_samples or (16 if embedded else 1)
-    if embedded:
-        make_model = load_default_model
-        shape = (1, 32, 32)
-    else:
-        make_model = lambda: build_model(CONFIG_1K).eval()
-        shape = (1, 64, 64)
-
-    def noise_of(n, seed):
-        return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed)) if not embedded \
-            else make_noise(n, seed)
+    make_model, noise_of, _ = model_setup(args.config)
     calib = (noise_of(time_n, 1), torch.arange(time_n) % 10)       # MagCache calibration: other seeds
     time_noise, time_labels = noise_of(time_n, 2), torch.arange(time_n) % 10
     q_noise, q_labels = noise_of(args.samples, 0), torch.arange(args.samples) % 10
@@ -399,8 +438,7 @@ def main(argv=None):
 
     meta = {
         "config": args.config, "args": vars(args), "time_samples": time_n,
-        "model": "embedded trained Fashion-MNIST DiT (64 tokens, 6 layers, hidden 128)" if embedded else
-                 "random-weight DiTTransformer2DModel, 1024 tokens (sample 64, patch 2), 6 layers, hidden 384",
+        "model": MODELS[args.config],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores ({platform.processor() or 'cpu'}), "
                    f"torch {torch.__version__}, {args.threads} torch thread(s)",
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),

@@ -29,20 +29,26 @@ def fmt(x, spec):
     return format(x, spec)
 
 
-def table(rows, embedded, meta):
+def table(rows, embedded, meta, extra=()):
+    """`extra`: (header, row -> cell text) columns put after the method (bench_compiled_peers' compile
+    columns); rows with an "error" get a dash in them."""
     lines = []
+    ex_head = "".join(f" {h} |" for h, _ in extra)
+    ex_rule = "---|" * len(extra)
     if embedded:
-        lines.append("| method | FLOP speed-up | measured speed-up | efficiency | PSNR dB | SSIM | FD_clf vs uncached "
-                     "| class acc | speed/PSNR front |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append(f"| method |{ex_head} FLOP speed-up | measured speed-up | efficiency | PSNR dB | SSIM "
+                     "| FD_clf vs uncached | class acc | speed/PSNR front |")
+        lines.append(f"|---|{ex_rule}---|---|---|---|---|---|---|---|")
     else:
-        lines.append("| method | FLOP speed-up | measured speed-up | efficiency | generation (median s) | note |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append(f"| method |{ex_head} FLOP speed-up | measured speed-up | efficiency | generation (median s) "
+                     "| note |")
+        lines.append(f"|---|{ex_rule}---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            n = 9 if embedded else 6
+            n = (9 if embedded else 6) + len(extra)
             lines.append(f"| {r['method']} |" + " – |" * (n - 2) + f" cannot run on this model: {r['error']} |")
             continue
+        method = r["method"] + " |" + "".join(f" {fn(r)} |" for _, fn in extra)
         if embedded:
             if r["method"] == "uncached":
                 front = "reference"
@@ -56,7 +62,7 @@ def table(rows, embedded, meta):
             else:
                 front = "dominated by " + ", ".join(r["dominated_by"][:2]) + \
                         (f" +{len(r['dominated_by']) - 2}" if len(r["dominated_by"]) > 2 else "")
-            lines.append(f"| {r['method']} | {fmt(r['flop_speedup'], '.2f')}x | {fmt(r['measured_speedup'], '.2f')}x | "
+            lines.append(f"| {method} {fmt(r['flop_speedup'], '.2f')}x | {fmt(r['measured_speedup'], '.2f')}x | "
                          f"{fmt(r['efficiency'], '.2f')} | {fmt(r['psnr_db'], '.2f')} | {fmt(r['ssim'], '.4f')} | "
                          f"{fmt(r['fd_clf_vs_uncached'], '.2f')} | {fmt(r['class_accuracy'], '.3f')} | {front} |")
         else:
@@ -64,10 +70,10 @@ def table(rows, embedded, meta):
                 if r["method"] != "uncached" else "reference"
             if r["method"] != "uncached" and r["rel_l2_random_weights"] == 0:
                 note = "no effect: output identical to uncached"
-            lines.append(f"| {r['method']} | {fmt(r['flop_speedup'], '.2f')}x | {fmt(r['measured_speedup'], '.2f')}x | "
+            lines.append(f"| {method} {fmt(r['flop_speedup'], '.2f')}x | {fmt(r['measured_speedup'], '.2f')}x | "
                          f"{fmt(r['efficiency'], '.2f')} | {fmt(r['median_generation_s'], '.2f')} | {note} |")
-    head = (f"{meta['model']}; {meta['args']['steps']} steps, CFG {meta['args']['guidance']}, inner "
-            f"{meta['args']['inner']}; timing: {meta['time_samples']} image(s) per generation, "
+    head = (f"{meta['model']}; {meta['args']['steps']} steps, CFG {meta['args']['guidance']}, "
+            f"{meta.get('compiled_as', 'inner ' + str(meta['args'].get('inner')))}; timing: {meta['time_samples']} image(s) per generation, "
             f"{meta['args']['rounds']} interleaved rounds; {meta['machine']}; {meta['date_utc']} UTC")
     return head + "\n\n" + "\n".join(lines)
 
@@ -98,9 +104,10 @@ def plot(rows, path, meta):
             ax.annotate(name.replace("tokencache ", "").replace("diffusers ", "").replace("cache-dit ", ""),
                         (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.axhline(top, color="gray", lw=0.5, ls=":")
-    ax.set_xlabel(f"measured speed-up vs uncached (x; {meta['args']['inner']}, {meta['time_samples']} images/generation)")
+    baseline = meta.get("baseline", meta["args"].get("inner"))
+    ax.set_xlabel(f"measured speed-up vs uncached (x; {baseline}, {meta['time_samples']} images/generation)")
     ax.set_ylabel(f"PSNR vs uncached images (dB; identical plotted at {top:.0f})")
-    ax.set_title(f"embedded DiT, {meta['args']['steps']} steps: speed vs fidelity ({meta['date_utc'][:10]})")
+    ax.set_title(f"{meta.get('model_short', 'embedded DiT')}, {meta['args']['steps']} steps: speed vs fidelity ({meta['date_utc'][:10]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
