@@ -200,3 +200,25 @@ def test_pixart_cross_attention_runs_sharded(tmp_path):
     regions = sharded[0]["toca-1.0"][1]["report"]["regions"]
     assert {r["kind"] for r in regions} >= {"self_attention", "cross_attention"}
     assert {r["tokens"] for r in regions} == {32}
+
+
+def test_diffusers_hooked_forward_is_one_model():
+    """diffusers' context parallelism splits tokens in hooks of its HookRegistry, which runs the
+    model's forward inside a function holding the module in a closure: Dynamo's parameter sources
+    then start with L['function_reference'], and tokencache took every parameter for a user input
+    (report() found no model). A no-op hook shows it in one process."""
+    from diffusers.hooks.hooks import HookRegistry, ModelHook
+
+    from tokencache.models import load_embedded
+    from tokencache.models.sampling import make_noise, sample
+
+    model = load_embedded("embedded")
+    plain = sample(tokencache.compile(model, policy="fora", inner="eager", num_steps=4), make_noise(2),
+                   torch.arange(2), steps=4)
+    torch._dynamo.reset()
+    HookRegistry.check_if_exists_or_initialize(model).register_hook(ModelHook(), "noop")
+    compiled = tokencache.compile(model, policy="fora", inner="eager", num_steps=4)
+    hooked = sample(compiled, make_noise(2), torch.arange(2), steps=4)
+    assert torch.equal(hooked, plain)
+    rep = tokencache.report(compiled)
+    assert rep["schedule"] == ["fresh", "reuse", "reuse", "fresh"] and rep["cache_bytes"] > 0

@@ -39,7 +39,10 @@ def classify_inputs(gm: fx.GraphModule) -> list[GraphInput]:
     for index, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
         source = placeholder_source(node)
         match = _ARG.match(source) if source else None
-        if match and match.group(1) != "self":
+        # a parameter or buffer reached through another local than `self` is module state too:
+        # diffusers' hooks (context parallelism, its caches) run forward in a function whose
+        # closure holds the module (L['function_reference']...._parameters['weight'])
+        if match and match.group(1) != "self" and not is_owned(source):
             rest = source[match.end():]
             keys = [a or b for a, b in _KEY.findall(rest)]
             inputs.append(GraphInput(index, node.name, "user", ".".join([match.group(1), *keys])))
