@@ -222,3 +222,42 @@ def test_diffusers_hooked_forward_is_one_model():
     assert torch.equal(hooked, plain)
     rep = tokencache.report(compiled)
     assert rep["schedule"] == ["fresh", "reuse", "reuse", "fresh"] and rep["cache_bytes"] > 0
+
+
+def _ulysses_worker(rank: int, store: str, out_dir: str) -> None:
+    from diffusers import ContextParallelConfig
+
+    from tokencache.models.zoo import denoise, entry
+
+    torch.set_num_threads(1)
+    torch.accelerator.device_count = lambda: 1     # diffusers 0.42 divides by it (0 on a CPU-only machine)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        flux = entry("Flux")
+        model = flux.build()
+        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
+        compiled = tokencache.compile(model, policy="toca", ratio=1.0, attention="tokens", inner="eager", num_steps=4)
+        out = denoise(compiled, flux, 4)
+        rep = tokencache.report(compiled)
+        torch.save((out, rep["regions"], rep["schedule"]), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_diffusers_ulysses_context_parallel_under_tokencache(tmp_path):
+    """diffusers' own sequence split (Ulysses, a tiny Flux, 2 gloo processes) instead of shard_model:
+    the all-to-all moves tokens onto heads, so the attentions are reused whole (run whole at ratio
+    1.0), the feed-forwards token-wise on the local tokens; the output is the single-process one."""
+    from tokencache.models.zoo import denoise, entry
+
+    mp.start_processes(_ulysses_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD,
+                       start_method="spawn")
+    flux = entry("Flux")
+    single = denoise(flux.build(), flux, 4)
+    out, regions, schedule = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert _rel(out, single) <= 1e-5
+    assert schedule == ["fresh", "partial", "partial", "fresh"]
+    by_kind = {(r["kind"], r["token_wise"]) for r in regions}
+    assert ("feed_forward", True) in by_kind and ("joint_attention", False) in by_kind
+    assert {r["tokens"] for r in regions if r["kind"] == "feed_forward" and r.get("stream") != "context"} <= {32, 36}
