@@ -25,6 +25,7 @@ tensor helpers (`shard_tokens`, `gather_tokens`) serve a model of one's own.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -114,8 +115,9 @@ class ShardedAttnProcessor:
 
 @dataclass
 class ShardedModel:
-    """What shard_model changed, to undo it (`remove()`)."""
-    model: torch.nn.Module
+    """What shard_model changed, to undo it (`remove()`). Holds the model weakly (the model holds
+    this handle), so deleting the model frees it as tokencache's runtime expects."""
+    model: weakref.ref
     shard: TokenShard
     handles: list = field(default_factory=list)
     processors: dict = field(default_factory=dict)    # attention module -> its original processor
@@ -126,7 +128,9 @@ class ShardedModel:
         for attn, original in self.processors.items():
             attn.set_processor(original)
         self.handles, self.processors = [], {}
-        self.model._tokencache_shard = None
+        model = self.model()
+        if model is not None:
+            model._tokencache_shard = None
 
 
 def shard_model(model: torch.nn.Module, group=None, *, shard_after: str = "pos_embed",
@@ -149,7 +153,7 @@ def shard_model(model: torch.nn.Module, group=None, *, shard_after: str = "pos_e
     attentions = [m for m in model.modules() if isinstance(m, Attention)]
     if not attentions:
         raise ValueError(f"model {type(model).__name__} has no diffusers Attention module to shard")
-    handle = ShardedModel(model, shard)
+    handle = ShardedModel(weakref.ref(model), shard)
 
     def split(module, args, output):
         if not isinstance(output, torch.Tensor) or output.ndim != 3:
@@ -158,6 +162,8 @@ def shard_model(model: torch.nn.Module, group=None, *, shard_after: str = "pos_e
         return shard_tokens(output, shard)
 
     def join(module, args, kwargs):
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise ValueError(f"{gather_before} must take the tokens as its first positional argument")
         return (gather_tokens(args[0], shard), *args[1:]), kwargs
 
     handle.handles.append(modules[shard_after].register_forward_hook(split))
