@@ -215,9 +215,12 @@ class DynamoLog(logging.Handler):
 
     def __init__(self):
         super().__init__()
-        self.recompiles, self.limit_hit = [], []
+        self.recompiles, self.limit_hit, self._seen = [], [], None
 
     def emit(self, record):
+        if record is self._seen:        # torch re-initialises its loggers (propagation) at the first compile:
+            return                      # one record may reach this handler through two loggers
+        self._seen = record
         msg = record.getMessage()
         if "__recompiles" in record.name:
             self.recompiles.append(recompile_reason(msg))
@@ -225,14 +228,16 @@ class DynamoLog(logging.Handler):
             self.limit_hit.append(msg.splitlines()[0][:300])
 
     def install(self):
+        """In the cold runs (their output goes to a log file: torch also prints the messages)."""
         torch._logging.set_logs(recompiles=True)
-        artifact = logging.getLogger("torch._dynamo.guards.__recompiles")
-        artifact.propagate = False          # to this handler only, not to torch's stderr handler
-        for h in list(artifact.handlers):
-            artifact.removeHandler(h)
-        artifact.addHandler(self)
-        logging.getLogger("torch._dynamo").addHandler(self)
+        logging.getLogger("torch._dynamo.guards.__recompiles").addHandler(self)
+        logging.getLogger("torch._dynamo.convert_frame").addHandler(self)     # the recompile-limit warning
         return self
+
+
+class NoLog:
+    """The timing process counts graphs only (any recompile is a new graph), without Dynamo's log."""
+    recompiles, limit_hit = (), ()
 
 
 def recompile_reason(msg):
@@ -463,7 +468,7 @@ def main(argv=None):
     # 2. timing: every setting built again in this process as its cold run ended up (compiled or eager)
     torch._dynamo.config.recompile_limit = 256
     torch._dynamo.config.accumulated_recompile_limit = 4096
-    log = DynamoLog().install()
+    log = NoLog()
     t1 = time.time()
     models = {}
     for name in names:
