@@ -35,20 +35,24 @@ What is measured, per setting:
    recompiles (with their guard failures) in the first and in the later generations; then the quality
    images (`--samples` images, seed 0, made as generations of the timed batch size so nothing new is
    compiled and data-dependent peers decide on the batch that is timed), and the FLOPs (tokencache: its
-   report; the others:
-   one eager generation of the timing batch with the same hooks under tokencache's FLOP counter, since
-   compiled code cannot run under a FLOP-counting dispatch mode).
+   report; the others: one eager generation of the timing batch with the same hooks under tokencache's
+   FLOP counter, since compiled code cannot run under a FLOP-counting dispatch mode).
    MagCache's calibration run (eager, other seeds) happens before the clock starts.
 2. One timing process: every setting built and compiled again (the children's inductor caches are
-   copied into this process's cache directory first, so this is mostly cache hits), one untimed
+   copied into this process's cache directory first, so this is mostly cache hits), two untimed
    warm-up rounds, then `--rounds` interleaved rounds (uncached, setting 1, setting 2, ... per round);
    measured speed-up = median over rounds of (uncached seconds / setting seconds), paired round by
    round; *steady* = the median generation seconds. Every cache is reset before each generation.
-   Dynamo's recompile limit is raised here (every setting compiles the same forward()); Dynamo compiling
-   anything during the timed rounds is warned about and recorded (meta "dynamo_during_timed_rounds").
+   Dynamo's recompile limit is raised here (every setting compiles the same forward()), so a peer that
+   hit the default limit in its cold run (marked in the table) may run compiled code here where the cold
+   process fell back to eager frames; Dynamo compiling anything during the timed rounds is warned about
+   and recorded (meta "dynamo_during_timed_rounds").
 
 Quality (embedded configs): PSNR/SSIM/FD_clf/class accuracy of each setting's quality images against
 the uncached (torch.compile) images of the same noise. 1k: rel. L2 of the first timing generation.
+Compiled graphs differ by float rounding, so "no effect" means within rounding (PSNR > 100 dB, rel. L2
+< 1e-5). embedded-mmdit: diffusers' FirstBlockCache cannot run on SD3Transformer2DModel (its last
+block returns no encoder_hidden_states; the row says so); the other peers hook `model.mmdit`.
 Writes benchmarks/results/compiled_peers[_1k|_mmdit][_quick].json (+ _pareto.png) and prints the table.
 """
 from __future__ import annotations
