@@ -28,7 +28,8 @@ says so and why.
 
 What is measured, per setting:
 1. Cold process (one subprocess per setting, `TORCHINDUCTOR_CACHE_DIR` a fresh empty directory, Dynamo's
-   default recompile limit): build + compile + first generation of the timing batch = *time to first
+   default recompile limit unless --cold-recompile-limit; cache-dit's set_compile_configs raises it to 1024
+   for its own rows): build + compile + first generation of the timing batch = *time to first
    image* (also from interpreter start, imports included); two more generations of the same batch
    (the second may still carry one-off work, e.g. tokencache's FLOP check after a first generation);
    *compile time* = first - third generation; Dynamo's graphs, graph breaks (with reasons) and
@@ -288,6 +289,8 @@ def generate(model, reset, ctx, noise, labels, args):
 
 def child(args, name, out_path):
     torch.set_num_threads(args.threads)
+    if args.cold_recompile_limit:
+        torch._dynamo.config.recompile_limit = args.cold_recompile_limit
     log = DynamoLog().install()
     env = Env(args)
     build = env.settings[name]
@@ -390,6 +393,10 @@ def child_argv(args):
         out += ["--time-samples", str(args.time_samples)]
     if args.quick:
         out.append("--quick")
+    if args.only:
+        out += ["--only", args.only]
+    if args.cold_recompile_limit:
+        out += ["--cold-recompile-limit", str(args.cold_recompile_limit)]
     return out
 
 
@@ -426,6 +433,9 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="one setting per peer kind (smoke test)")
     p.add_argument("--only", default="", help="comma-separated substrings: run only matching settings")
     p.add_argument("--child-timeout", type=int, default=3600, help="seconds per cold-process run")
+    p.add_argument("--cold-recompile-limit", type=int, default=None,
+                   help="Dynamo's recompile_limit in the cold runs (default: Dynamo's own, 8; the timing process "
+                        "raises it to 256): to see what a peer that hits the default limit costs to compile fully")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/compiled_peers[...].json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
