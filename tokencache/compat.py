@@ -205,9 +205,21 @@ def fake_tensor_mode():
 
 def compile_fx(gm: fx.GraphModule, example_args: list):
     """Inductor on one graph. Called directly, not through a nested torch.compile: nested
-    compiles count against Dynamo's recompile limit and would show up as recompiles of the model."""
+    compiles count against Dynamo's recompile limit and would show up as recompiles of the model.
+
+    Inside a tracing context whose fake mode has a ShapeEnv: the runtime compiles a variant at its
+    first call, outside Dynamo's context, and without a ShapeEnv inductor bypasses its FX graph
+    cache ("No shape env"), so every process compiled every variant from scratch even with a warm
+    on-disk cache. The example inputs are handed over as static-shaped fake tensors of that mode
+    (real ones would be re-made with symbolic sizes, and the kernels would be compiled dynamic)."""
+    from torch._guards import TracingContext, tracing
     from torch._inductor.compile_fx import compile_fx as inductor_compile_fx
-    return inductor_compile_fx(gm, example_args)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True)
+    fake = [mode.from_tensor(a, static_shapes=True) if isinstance(a, torch.Tensor) else a for a in example_args]
+    with tracing(TracingContext(mode)):
+        return inductor_compile_fx(gm, fake)
 
 
 # --- ATen / oneDNN -------------------------------------------------------------------------------
