@@ -18,6 +18,8 @@ import weakref
 
 import torch
 
+from ..compat import tensor_version
+
 HOST_DEVICES = ("cpu",)     # tensors read directly; tests empty it to run the device path on the CPU
 
 
@@ -42,12 +44,12 @@ class HostScalars:
 
     def _mirror(self, base: torch.Tensor) -> torch.Tensor:
         entry = self._mirrors.get(id(base))
-        if entry is not None and entry[0]() is base and entry[1] == base._version:
+        if entry is not None and entry[0]() is base and entry[1] == tensor_version(base):
             return entry[2]
         storage = base.untyped_storage()
         host = torch.empty(0, dtype=base.dtype).set_(storage.cpu(), 0, (storage.nbytes() // base.element_size(),))
         key = id(base)
-        self._mirrors[key] = (weakref.ref(base, lambda ref, key=key: self._forget(key, ref)), base._version, host)
+        self._mirrors[key] = (weakref.ref(base, lambda ref, key=key: self._forget(key, ref)), tensor_version(base), host)
         self.mirrored += 1
         return host
 
