@@ -55,6 +55,11 @@ Compiled graphs differ by float rounding, so "no effect" means within rounding (
 < 1e-5). embedded-mmdit: diffusers' FirstBlockCache cannot run on SD3Transformer2DModel (its last
 block returns no encoder_hidden_states; the row says so); the other peers hook `model.mmdit`.
 Writes benchmarks/results/compiled_peers[_1k|_mmdit][_quick].json (+ _pareto.png) and prints the table.
+
+Known problem (2026-12-08 run, BENCHMARKS.md): in the shared timing process tokencache's graphs came
+out split at the timestep embedder (after the peers had hooked and compiled the same model), so its
+rows timed 0.87-0.93x of plain torch.compile against 2.19x in `tokencache profile`. Until tokencache
+is timed in a process of its own, only the cold-process columns are trustworthy.
 """
 from __future__ import annotations
 
