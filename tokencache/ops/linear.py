@@ -11,11 +11,11 @@ written into the graph, the transposed result reaches the LayerNorm/modulation k
 with a stride inductor does not vectorise (the DiT-S step got 4 ms slower); an inductor-generated
 multiply-and-sum was fast alone but inductor fused it into those same kernels.
 
-`rows` = [start, stop] multiplies by the weight's rows start..stop-1 only (and the bias, already
+`rows_of_weight` = [start, stop] multiplies by the weight's rows start..stop-1 only (and the bias, already
 sliced, to match): the modulation chunks a cached step keeps (passes/dead_chunks.py). The op takes
 the whole parameter so that its packed copy is found again at the next call: a row slice made in the
 graph is a new tensor at every call (inductor re-creates the view), which missed the packed-weight
-store and re-packed 8 weights per FORA step of the embedded DiT (~1.5 ms of a 5 ms step).
+store and re-packed 8 weights per FORA step of the embedded DiT (5.1 ms a step then, 3.3 ms since).
 """
 from __future__ import annotations
 
@@ -35,11 +35,11 @@ def _linear(x, weight, bias, post_op, algorithm, rows_of_weight=(), *, packed: b
     if x.dim() == 1:
         return _linear(x.unsqueeze(0), weight, bias, post_op, algorithm, rows_of_weight, packed=packed).squeeze(0)
     part = tuple(rows_of_weight) or None
-    if part is not None and not packed:
-        weight, part = weight[part[0]:part[1]], None
     rows = x.numel() // x.shape[-1]
-    if SMALL_ROWS[0] <= rows <= SMALL_ROWS[1] and current_switches().small_rows_transposed:
-        weight = weight if part is None else weight[part[0]:part[1]]
+    small = SMALL_ROWS[0] <= rows <= SMALL_ROWS[1] and current_switches().small_rows_transposed
+    if part is not None and (small or not packed):    # only the packed store takes the range itself
+        weight, part = weight[part[0]:part[1]], None
+    if small:
         flat_t = x.reshape(rows, x.shape[-1]).t()
         out = torch.mm(weight, flat_t) if bias is None else torch.addmm(bias.unsqueeze(1), weight, flat_t)
         out = out.t().contiguous().reshape(*x.shape[:-1], weight.shape[0])

@@ -24,6 +24,7 @@ A copy is freed with its weight.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
@@ -31,25 +32,33 @@ import torch
 from ..compat import onednn_pack_linear_weight, tensor_version
 
 
+@dataclass
+class _Entry:
+    """A weight's packed copies, valid while the weight is this live tensor at this version and address."""
+    ref: weakref.ref
+    version: int
+    data_ptr: int
+    fingerprint: torch.Tensor
+    copies: dict = field(default_factory=dict)     # row range (start, stop), or None for all rows -> copy
+
+
 class PackedWeights:
     def __init__(self):
-        # id(weight) -> [weakref to the weight, its version, its data pointer, fingerprint,
-        #                {row range or None: packed copy}]
-        self._entries: dict[int, list] = {}
+        self._entries: dict[int, _Entry] = {}       # id(weight) -> its entry
         self.packs = 0          # how many times a weight was packed (tests: reuse, repack on change)
 
     def get(self, weight: torch.Tensor, rows: int, part: tuple[int, int] | None = None) -> torch.Tensor:
         """The packed copy of `weight` (out_features, in_features), or of its rows part[0]..part[1]-1;
         `rows`: a row count it will multiply, which oneDNN takes as a hint for the layout."""
         entry = self._entry(weight)
-        if entry is None or entry[1] != tensor_version(weight) or entry[2] != weight.data_ptr():
+        if entry is None or entry.version != tensor_version(weight) or entry.data_ptr != weight.data_ptr():
             key = id(weight)
-            entry = self._entries[key] = [weakref.ref(weight, lambda _ref, key=key: self._forget(key, _ref)),
-                                          tensor_version(weight), weight.data_ptr(), fingerprint(weight), {}]
-        packed = entry[4].get(part)
+            entry = self._entries[key] = _Entry(weakref.ref(weight, lambda _ref, key=key: self._forget(key, _ref)),
+                                                tensor_version(weight), weight.data_ptr(), fingerprint(weight))
+        packed = entry.copies.get(part)
         if packed is None:
             source = weight.detach() if part is None else weight.detach()[part[0]:part[1]]
-            packed = entry[4][part] = onednn_pack_linear_weight(source.contiguous(), rows)
+            packed = entry.copies[part] = onednn_pack_linear_weight(source.contiguous(), rows)
             self.packs += 1
         return packed
 
@@ -57,13 +66,13 @@ class PackedWeights:
         """Drop the copies of those weights whose bytes changed since they were packed (a write
         through `.data`); returns how many weights were dropped. The next use packs them again."""
         stale = [w for w in weights
-                 if (entry := self._entry(w)) is not None and not torch.equal(entry[3], fingerprint(w))]
+                 if (entry := self._entry(w)) is not None and not torch.equal(entry.fingerprint, fingerprint(w))]
         self.drop(stale)
         return len(stale)
 
     def _forget(self, key: int, ref: weakref.ref) -> None:
         entry = self._entries.get(key)
-        if entry is not None and entry[0] is ref:
+        if entry is not None and entry.ref is ref:
             del self._entries[key]
 
     def drop(self, weights: Iterable[torch.Tensor]) -> None:
@@ -77,13 +86,13 @@ class PackedWeights:
     def nbytes(self, weights: Iterable[torch.Tensor]) -> int:
         """Memory held by the packed copies of these weights (whole or row ranges)."""
         entries = [self._entry(w) for w in weights]
-        return sum(p.numel() * p.element_size() for e in entries if e is not None for p in e[4].values())
+        return sum(p.numel() * p.element_size() for e in entries if e is not None for p in e.copies.values())
 
     def _entry(self, weight: torch.Tensor):
         """This weight's entry; None if it has none (ids are reused after a weight is freed, so an
         entry counts only while its weakref still points at this weight)."""
         entry = self._entries.get(id(weight))
-        return entry if entry is not None and entry[0]() is weight else None
+        return entry if entry is not None and entry.ref() is weight else None
 
 
 def fingerprint(weight: torch.Tensor) -> torch.Tensor:
