@@ -79,6 +79,7 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
+@pytest.mark.slow     # the `runs` fixture: two 2-process generations, 40-90 s on the 2 cores
 @pytest.mark.parametrize("case", ["none", "fora", "toca-1.0"])
 def test_sharded_generation_equals_single_process(runs, case):
     sharded, single = runs
@@ -86,6 +87,7 @@ def test_sharded_generation_equals_single_process(runs, case):
         assert _rel(sharded[rank][case][0], single[case][0]) <= 1e-5
 
 
+@pytest.mark.slow
 def test_sharded_toca_quarter_stays_close(runs):
     """Each rank picks 8 of its 32 tokens instead of 16 of 64, and its 4x8 half of the token grid
     is not square, so the spatial bonus is off: other tokens than single-process toca, about the
@@ -99,6 +101,7 @@ def test_sharded_toca_quarter_stays_close(runs):
 
 
 @pytest.mark.parametrize("case", ["fora", "toca-1.0", "toca-0.25"])
+@pytest.mark.slow
 def test_each_rank_caches_its_own_tokens(runs, case):
     """Not silently unsharded: every region has N/P = 32 tokens per rank, the caches hold half the
     bytes, the per-rank step clock ran the same schedule, and the FLOPs per rank are about half."""
@@ -115,6 +118,7 @@ def test_each_rank_caches_its_own_tokens(runs, case):
         assert 0.4 < rep["flops_per_generation"] / one["flops_per_generation"] < 0.6
 
 
+@pytest.mark.slow
 def test_collectives_only_where_attention_runs(runs):
     """Fresh and token-wise graphs gather keys and values in each of the 6 self-attentions, plus
     the output tokens once; a reuse step gathers only the output (the dropped attentions' gathers
